@@ -1,0 +1,84 @@
+//! Faults: the ways chaos-lab breaks its own service. Each fault has exactly one implementation
+//! here, called by the built-in `/chaos/*` endpoints (and, later, by scenario scripts).
+//!
+//! Every fault can be ended early ([`Faults::stop_all`]), which is what the kill switch and
+//! graceful shutdown call, so nothing a fault does outlives the process's wish to stop it.
+//! This module must not know about HTTP.
+
+pub mod cpu;
+pub mod hang;
+pub mod load;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::store::{ResetReport, Store};
+
+/// Why a fault could not be applied. Messages are the API's `detail` text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FaultError {
+    /// The same kind of fault is already running.
+    #[error("{0}")]
+    AlreadyActive(&'static str),
+    /// A parameter is out of range or unknown.
+    #[error("{0}")]
+    Invalid(String),
+    /// What the fault acts on is not there (e.g. Redis disabled).
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// The service is shutting down and starts no new fault.
+    #[error("The service is shutting down; no new fault can start")]
+    ShuttingDown,
+}
+
+/// The built-in faults of one service instance.
+#[derive(Default)]
+pub struct Faults {
+    pub load: load::LoadController,
+    pub hang: hang::HangController,
+    /// Set once shutdown begins, so a request racing the shutdown cannot start a new fault.
+    shutting_down: AtomicBool,
+}
+
+impl Faults {
+    /// Ends every running fault and waits until each has been undone.
+    pub async fn stop_all(&self) {
+        self.hang.stop();
+        self.load.stop().await;
+    }
+
+    /// Refuses new faults from now on and ends the running ones.
+    pub async fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        self.stop_all().await;
+    }
+
+    pub(crate) fn check_accepting(&self) -> Result<(), FaultError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(FaultError::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    /// Starts a CPU + memory load (see [`load::LoadController::start`]).
+    pub fn start_load(&self, level: &str, duration_seconds: i64) -> Result<load::LoadStatus, FaultError> {
+        self.check_accepting()?;
+        self.load.start(level, duration_seconds)
+    }
+
+    /// Starts a hang (see [`hang::HangController::start`]).
+    pub fn start_hang(&self, duration_seconds: i64, scope: &str) -> Result<hang::HangTicket, FaultError> {
+        self.check_accepting()?;
+        self.hang.start(duration_seconds, scope)
+    }
+}
+
+/// Closes every pooled Redis connection. `force` aborts commands in flight; otherwise they get up
+/// to `grace` to finish.
+pub async fn redis_reset(
+    store: Option<&Store>,
+    force: bool,
+    grace: std::time::Duration,
+) -> Result<ResetReport, FaultError> {
+    let store = store.ok_or(FaultError::Unavailable("Redis client not initialized"))?;
+    Ok(store.reset(force, grace).await)
+}

@@ -1,0 +1,157 @@
+//! `ApiError`, the single place where failures become HTTP status codes, and the error envelope
+//! `{"error", "detail", "timestamp", "request_id"}` that every 4xx/5xx body takes.
+//!
+//! Handlers return `ApiError`; its response carries only the status and an [`ErrorDetail`]
+//! extension. The [`envelope`] middleware, which knows the request id, turns that into the body,
+//! and also wraps errors produced outside handlers (unknown route, wrong method, rejected body).
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use tower_http::request_id::RequestId;
+
+use crate::faults::FaultError;
+use crate::store::StoreError;
+
+/// Everything a handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request body is not valid JSON or does not fit the schema (422).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The request body is over the size limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    #[error(transparent)]
+    Fault(#[from] FaultError),
+    #[error(transparent)]
+    Redis(#[from] StoreError),
+}
+
+/// The `detail` of an error response, picked up by [`envelope`].
+#[derive(Debug, Clone)]
+pub struct ErrorDetail(pub String);
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Fault(FaultError::AlreadyActive(_)) => StatusCode::CONFLICT,
+            Self::Fault(FaultError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            Self::Fault(FaultError::Unavailable(_) | FaultError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Redis(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = self.status().into_response();
+        res.extensions_mut().insert(ErrorDetail(self.to_string()));
+        res
+    }
+}
+
+/// JSON body extractor for the chaos endpoints: an empty body means "all defaults", any
+/// content type is read as JSON, and a bad body is a 422 naming the field.
+pub struct JsonBody<T>(pub T);
+
+impl<T, S> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned + Default,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge(format!("The request body is too large: {e}"))
+            } else {
+                ApiError::Unprocessable(format!("Could not read the request body: {e}"))
+            }
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self(T::default()));
+        }
+        let de = &mut serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(de).map(JsonBody).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let is_data = inner.classify() == serde_json::error::Category::Data;
+            if !is_data || path == "." || path == "?" || path.is_empty() {
+                ApiError::Unprocessable(format!("Invalid JSON body: {inner}"))
+            } else {
+                ApiError::Unprocessable(format!("Invalid value for field '{path}': {inner}"))
+            }
+        })
+    }
+}
+
+/// Renders every error response as the envelope and logs it once, inside the request's span.
+pub async fn envelope(req: Request, next: Next) -> Response {
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .and_then(|id| id.header_value().to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+
+    let mut res = next.run(req).await;
+    let status = res.status();
+    let detail = match res.extensions_mut().remove::<ErrorDetail>() {
+        Some(ErrorDetail(d)) => d,
+        None if status.is_client_error() || status.is_server_error() => {
+            if is_json(&res) {
+                return res; // a JSON error body of its own, e.g. /health's "unhealthy" report
+            }
+            default_detail(status, &method, &path, res.headers().get(header::ALLOW))
+        }
+        None => return res,
+    };
+    if status.is_server_error() {
+        tracing::warn!(status = status.as_u16(), %detail, "request failed");
+    } else {
+        tracing::debug!(status = status.as_u16(), %detail, "request rejected");
+    }
+    let body = serde_json::json!({
+        "error": status.canonical_reason().unwrap_or("Error"),
+        "detail": detail,
+        "timestamp": crate::timestamp(),
+        "request_id": request_id,
+    });
+    let mut out = (status, axum::Json(body)).into_response();
+    // Keep headers such as Allow (405) and Retry-After that the original response carried.
+    for (name, value) in res.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+fn is_json(res: &Response) -> bool {
+    res.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
+
+fn default_detail(status: StatusCode, method: &Method, path: &str, allow: Option<&HeaderValue>) -> String {
+    match status {
+        StatusCode::NOT_FOUND => format!("No route for {method} {path}; see GET /openapi.json for the API"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = allow.and_then(|v| v.to_str().ok()).unwrap_or("another method");
+            format!("Method {method} is not allowed on {path}; use {allowed}")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => "The request body is too large".to_string(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "Send the body as application/json".to_string(),
+        _ => status.canonical_reason().unwrap_or("Error").to_string(),
+    }
+}

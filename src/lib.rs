@@ -1,0 +1,67 @@
+//! chaos-lab: a small Redis-backed HTTP service that breaks itself on purpose, so that detection,
+//! alerting and recovery can be watched and measured.
+//!
+//! # Layout
+//! - [`config`]: every setting, from the environment or a flag, validated before anything starts.
+//! - [`store`]: the app's Redis access: pool, retries with backoff, the connection reset.
+//! - [`faults`]: CPU/memory load and hangs; one implementation per fault, each stoppable.
+//! - [`http`]: routes, extractors, the error envelope; `http` → `faults` → `store`.
+//! - [`serve`]: runs the API on a bound listener until a shutdown future resolves.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod faults;
+pub mod http;
+pub mod store;
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use tokio::net::TcpListener;
+
+pub use http::AppState;
+
+/// How long in-flight requests get to finish once shutdown begins.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Now, as the API writes timestamps: RFC 3339 UTC with microseconds.
+pub fn timestamp() -> String {
+    format_timestamp(Utc::now())
+}
+
+pub fn format_timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves. Then it ends every running fault (so
+/// requests stalled by a hang can finish), stops accepting, and gives in-flight requests
+/// [`DRAIN_TIMEOUT`] to complete.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let faults = state.faults.clone();
+    let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: ending faults, draining requests");
+        faults.shutdown().await;
+        let _ = draining_tx.send(());
+    });
+    let deadline = async {
+        if draining_rx.await.is_ok() {
+            tokio::time::sleep(DRAIN_TIMEOUT).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = server => r,
+        () = deadline => {
+            tracing::warn!(seconds = DRAIN_TIMEOUT.as_secs(), "requests still running after the drain timeout; exiting anyway");
+            Ok(())
+        }
+    }
+}

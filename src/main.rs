@@ -1,0 +1,68 @@
+//! The `chaos-lab` binary: parse the configuration, set up logging, bind, serve until SIGTERM or
+//! Ctrl-C.
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use chaos_lab::AppState;
+use chaos_lab::config::{Cli, LogFormat};
+use chaos_lab::store::Store;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = cli.config;
+    if let Err(e) = config.validate() {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    init_logging(&config.log_level, config.log_format);
+
+    let store = if config.redis.redis_enabled {
+        Some(Store::new(&config.redis).context("cannot set up the Redis client")?)
+    } else {
+        tracing::warn!("REDIS_ENABLED=false: GET / answers without Redis");
+        None
+    };
+    let addr = std::net::SocketAddr::new(config.app_host, config.app_port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (set APP_HOST / APP_PORT to another address)"))?;
+    tracing::info!(
+        address = %listener.local_addr()?,
+        redis = %format!("{}:{}", config.redis.redis_host, config.redis.redis_port),
+        redis_enabled = config.redis.redis_enabled,
+        "chaos-lab listening"
+    );
+    chaos_lab::serve(listener, AppState::new(config, store), shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_logging(level: &str, format: LogFormat) {
+    let filter = EnvFilter::new(level);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

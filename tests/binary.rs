@@ -1,0 +1,135 @@
+//! The `chaos-lab` binary itself: configuration errors, `--help`, and SIGTERM during a permanent
+//! hang and a load.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_chaos-lab");
+
+/// Runs the binary with one extra environment variable and expects it to refuse to start.
+fn refused_start(var: &str, value: &str) -> String {
+    let mut child = Command::new(BIN)
+        .env("APP_PORT", "0") // should it start after all, it must not collide with anything
+        .env(var, value)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("{var}={value} was accepted: the service started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    err
+}
+
+#[test]
+fn invalid_settings_stop_startup_naming_the_variable() {
+    let err = refused_start("REDIS_PORT", "six");
+    assert!(err.contains("REDIS_PORT must be a port number from 1 to 65535, got 'six'"), "{err}");
+    let err = refused_start("LOG_LEVEL", "verbose");
+    assert!(err.contains("LOG_LEVEL must be one of trace, debug, info, warn, error"), "{err}");
+    let err = refused_start("REDIS_MAX_CONNECTIONS", "0");
+    assert!(err.contains("REDIS_MAX_CONNECTIONS"), "{err}");
+    let err = refused_start("REDIS_USERNAME", "app");
+    assert!(err.contains("REDIS_USERNAME is set but REDIS_PASSWORD is not"), "{err}");
+}
+
+#[test]
+fn help_documents_every_setting() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    // clap wraps long lines; compare with the whitespace folded.
+    let help = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    for var in [
+        "APP_HOST",
+        "APP_PORT",
+        "LOG_LEVEL",
+        "LOG_FORMAT",
+        "HEALTH_CACHE_TTL_SECONDS",
+        "REQUEST_COUNTER_SAMPLE_RATE",
+        "REDIS_ENABLED",
+        "REDIS_HOST",
+        "REDIS_PORT",
+        "REDIS_SSL",
+        "REDIS_MAX_CONNECTIONS",
+        "REDIS_SOCKET_TIMEOUT",
+        "REDIS_SOCKET_CONNECT_TIMEOUT",
+        "REDIS_MAX_RETRIES",
+        "REDIS_BACKOFF_BASE",
+        "REDIS_BACKOFF_CAP",
+        "REDIS_PASSWORD",
+        "REDIS_USERNAME",
+        "REDIS_CA_CERT",
+    ] {
+        assert!(help.contains(&format!("[env: {var}")), "--help does not mention {var}");
+    }
+}
+
+/// Starts the binary on a free port and waits for its "listening" line.
+fn spawn_service(redis_port: u16) -> (std::process::Child, String) {
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .env("APP_PORT", port.to_string())
+        .env("REDIS_PORT", redis_port.to_string())
+        .env("REDIS_HOST", "127.0.0.1")
+        .env("LOG_FORMAT", "json")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for line in lines.by_ref() {
+        if line.unwrap().contains("chaos-lab listening") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "service did not start");
+    }
+    // Keep draining stderr so the service never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_permanent_hang_and_a_load_exits_within_seconds() {
+    let redis = RedisServer::start();
+    let (mut child, url) = spawn_service(redis.port);
+
+    let (status, _) = post(&format!("{url}/chaos/load"), r#"{"level": "high", "duration_seconds": 600}"#).await;
+    assert_eq!(status, 200);
+    let hang_url = format!("{url}/chaos/hang");
+    let hang = tokio::spawn(async move { post(&hang_url, r#"{"duration_seconds": 0}"#).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stalled_url = format!("{url}/");
+    let stalled = tokio::spawn(async move { get(&stalled_url).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stalled.is_finished(), "GET / should be stalled by the app hang");
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(4), "still running 4 s after SIGTERM (drain deadline is 5 s)");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    assert_eq!(stalled.await.unwrap().0, 200, "in-flight request was not allowed to finish");
+    assert_eq!(hang.await.unwrap().1["interrupted"], true);
+}

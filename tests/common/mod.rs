@@ -1,0 +1,210 @@
+//! Test harness: a real `redis-server` on a free loopback port, and the real service started on
+//! `127.0.0.1:0` in-process (or as the `chaos-lab` binary when a test needs signals).
+#![allow(dead_code)]
+
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use chaos_lab::AppState;
+use chaos_lab::config::Config;
+use chaos_lab::store::Store;
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough on loopback).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A `redis-server` owned by the test; killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments, e.g. `["--requirepass", "s3cret"]`.
+    pub fn start_with(extra: &[&str]) -> Self {
+        let mut s = Self { port: free_port(), extra: extra.iter().map(|s| s.to_string()).collect(), child: None };
+        s.restart();
+        s
+    }
+
+    /// A port where no Redis runs yet; `restart()` starts one there.
+    pub fn not_started() -> Self {
+        Self { port: free_port(), extra: Vec::new(), child: None }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis-server already running");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run the README's test command, which installs it");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A direct connection for checking what Redis holds (not through the service).
+    pub fn client(&self) -> redis::Connection {
+        let password = self.extra.windows(2).find(|w| w[0] == "--requirepass").map(|w| w[1].clone());
+        let url = match password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        };
+        redis::Client::open(url).unwrap().get_connection().unwrap()
+    }
+
+    /// Client connections the server sees, excluding the one asking.
+    pub fn client_count(&self) -> usize {
+        let list: String = redis::cmd("CLIENT").arg("LIST").query(&mut self.client()).unwrap();
+        list.lines().filter(|l| !l.contains("cmd=client|list")).count()
+    }
+
+    /// Waits until the server sees `n` client connections (besides the asker).
+    pub fn wait_client_count(&self, n: usize, within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            let c = self.client_count();
+            if c == n || Instant::now() >= deadline {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The service running in-process on a free port.
+pub struct TestService {
+    pub url: String,
+    pub state: AppState,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl TestService {
+    /// Starts the service against Redis on `redis_port` with fast test timeouts; `args` are extra
+    /// command-line flags (later flags win).
+    pub async fn start(redis_port: u16, args: &[&str]) -> Self {
+        let port = redis_port.to_string();
+        let mut all = vec![
+            "--redis-port",
+            &port,
+            "--redis-host",
+            "127.0.0.1",
+            "--redis-socket-timeout",
+            "1",
+            "--redis-socket-connect-timeout",
+            "1",
+            "--redis-backoff-base",
+            "0.1",
+            "--redis-backoff-cap",
+            "0.3",
+            "--health-cache-ttl-seconds",
+            "0",
+        ];
+        all.extend_from_slice(args);
+        let config = Config::from_args(all).expect("test config parses");
+        config.validate().expect("test config is valid");
+        let store = config.redis.redis_enabled.then(|| Store::new(&config.redis).unwrap());
+        let state = AppState::new(config, store);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(chaos_lab::serve(listener, state.clone(), async move {
+            let _ = rx.await;
+        }));
+        Self { url, state, shutdown: Some(tx), task: Some(task) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// Graceful shutdown, as SIGTERM does in the binary.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestService {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap()
+}
+
+/// GET `url`, returning status and JSON body.
+pub async fn get(url: &str) -> (u16, serde_json::Value) {
+    let r = http().get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// POST a raw body, returning status and JSON body.
+pub async fn post(url: &str, body: &str) -> (u16, serde_json::Value) {
+    let r = http().post(url).header("content-type", "application/json").body(body.to_string()).send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// Polls `f` until it returns true or `within` passes; returns whether it became true.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts `body` is the error envelope with `detail` containing `needle`.
+pub fn assert_envelope(body: &serde_json::Value, error: &str, needle: &str) {
+    assert_eq!(body["error"], error, "{body}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(needle), "detail {detail:?} lacks {needle:?}");
+    assert!(body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{body}");
+    assert!(body["request_id"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
+}
