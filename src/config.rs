@@ -11,8 +11,9 @@ use clap::{Args, Parser};
 
 /// chaos-lab: a small Redis-backed service that breaks itself on purpose.
 ///
-/// Runs the HTTP service (`GET /`, `GET /health`, `/chaos/*`). Every option can also be set with
-/// the environment variable shown in brackets; a flag wins over the variable.
+/// Without a subcommand, runs the HTTP service (`GET /`, `GET /health`, `/chaos/*`). Every option
+/// can also be set with the environment variable shown in brackets; a flag wins over the variable.
+/// `check` and `run` help script authors.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "chaos-lab",
@@ -21,6 +22,9 @@ use clap::{Args, Parser};
     after_help = "Examples:\n  chaos-lab                                  # local Redis on localhost:6379, listen on 127.0.0.1:8000\n  REDIS_HOST=10.0.2.4 REDIS_PORT=10000 REDIS_SSL=true APP_HOST=0.0.0.0 chaos-lab\n\nAPI reference: GET /docs on the running service, or docs/api.md."
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<crate::cli::Command>,
+
     #[command(flatten)]
     pub config: Config,
 }
@@ -57,6 +61,49 @@ pub struct Config {
 
     #[command(flatten)]
     pub redis: RedisConfig,
+
+    #[command(flatten)]
+    pub chaos: ChaosConfig,
+}
+
+/// Scenario engine and fault backend settings.
+#[derive(Debug, Clone, Args)]
+pub struct ChaosConfig {
+    /// Bearer token required by every /chaos/* request except GET /chaos/status. Without it, the
+    /// built-in fault endpoints stay open, but POST /chaos/run is refused on a non-loopback APP_HOST.
+    #[arg(long, env = "CHAOS_API_TOKEN", value_name = "CHAOS_API_TOKEN", hide_env_values = true)]
+    pub chaos_api_token: Option<String>,
+
+    /// Folder of scenario scripts (*.rhai), watched for changes while the service runs.
+    #[arg(long, env = "SCENARIOS_DIR", value_name = "SCENARIOS_DIR", default_value = "scenarios")]
+    pub scenarios_dir: std::path::PathBuf,
+
+    /// Folder where finished runs are kept as JSON journals (created when missing).
+    #[arg(long, env = "RUNS_DIR", value_name = "RUNS_DIR", default_value = "runs")]
+    pub runs_dir: std::path::PathBuf,
+
+    /// Most runs at once; one more is refused with 409 (1 to 16).
+    #[arg(long, env = "MAX_CONCURRENT_RUNS", value_name = "MAX_CONCURRENT_RUNS", default_value = "1",
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub max_concurrent_runs: u32,
+
+    /// Where network faults are applied: `local` (an embedded TCP proxy between the service and
+    /// Redis) or `none` (network faults are refused; Redis is reached directly).
+    #[arg(
+        long,
+        env = "NETWORK_FAULT_BACKEND",
+        value_name = "NETWORK_FAULT_BACKEND",
+        default_value = "local",
+        value_enum
+    )]
+    pub network_fault_backend: NetworkBackendKind,
+}
+
+/// Which network fault backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum NetworkBackendKind {
+    Local,
+    None,
 }
 
 /// How log lines are written.

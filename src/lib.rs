@@ -5,10 +5,14 @@
 //! - [`config`]: every setting, from the environment or a flag, validated before anything starts.
 //! - [`store`]: the app's Redis access: pool, retries with backoff, the connection reset.
 //! - [`faults`]: CPU/memory load and hangs; one implementation per fault, each stoppable.
-//! - [`http`]: routes, extractors, the error envelope; `http` → `faults` → `store`.
+//! - [`chaos`]: the scenario engine: Rhai runs, the scenario catalog, journals, undo.
+//! - [`http`]: routes, extractors, the error envelope; `http` → `chaos` → `faults` → `store`.
+//! - [`cli`]: the `check` and `run` subcommands of the binary.
 //! - [`serve`]: runs the API on a bound listener until a shutdown future resolves.
 #![forbid(unsafe_code)]
 
+pub mod chaos;
+pub mod cli;
 pub mod config;
 pub mod faults;
 pub mod http;
@@ -34,20 +38,20 @@ pub fn format_timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// Serves the API on `listener` until `shutdown` resolves. Then it ends every running fault (so
-/// requests stalled by a hang can finish), stops accepting, and gives in-flight requests
-/// [`DRAIN_TIMEOUT`] to complete.
+/// Serves the API on `listener` until `shutdown` resolves. Then it stops every run (each undoes
+/// its faults) and ends every running fault (so requests stalled by a hang can finish), stops
+/// accepting, and gives in-flight requests [`DRAIN_TIMEOUT`] to complete.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let faults = state.faults.clone();
+    let app = state.clone();
     let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
         shutdown.await;
-        tracing::info!("shutting down: ending faults, draining requests");
-        faults.shutdown().await;
+        tracing::info!("shutting down: stopping runs and faults, draining requests");
+        app.shutdown().await;
         let _ = draining_tx.send(());
     });
     let deadline = async {

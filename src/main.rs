@@ -7,11 +7,13 @@ use tracing_subscriber::EnvFilter;
 
 use chaos_lab::AppState;
 use chaos_lab::config::{Cli, LogFormat};
-use chaos_lab::store::Store;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(cmd) = cli.command {
+        std::process::exit(chaos_lab::cli::main(cmd).await);
+    }
     let config = cli.config;
     if let Err(e) = config.validate() {
         eprintln!("error: {e}");
@@ -19,30 +21,31 @@ async fn main() -> anyhow::Result<()> {
     }
     init_logging(&config.log_level, config.log_format);
 
-    let store = if config.redis.redis_enabled {
-        Some(Store::new(&config.redis).context("cannot set up the Redis client")?)
-    } else {
+    if !config.redis.redis_enabled {
         tracing::warn!("REDIS_ENABLED=false: GET / answers without Redis");
-        None
-    };
+    }
     let addr = std::net::SocketAddr::new(config.app_host, config.app_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr} (set APP_HOST / APP_PORT to another address)"))?;
+    let local = listener.local_addr()?;
+    let state = AppState::start(config.clone(), local).await?;
     tracing::info!(
-        address = %listener.local_addr()?,
+        address = %local,
+        network_backend = state.network.name(),
         redis = %format!("{}:{}", config.redis.redis_host, config.redis.redis_port),
         redis_enabled = config.redis.redis_enabled,
         "chaos-lab listening"
     );
-    chaos_lab::serve(listener, AppState::new(config, store), shutdown_signal()).await?;
+    chaos_lab::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
 
 fn init_logging(level: &str, format: LogFormat) {
     let filter = EnvFilter::new(level);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
         LogFormat::Text => builder.init(),

@@ -13,6 +13,7 @@
 //!   count of connections it reports closed is the number of sockets that really closed.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -205,7 +206,10 @@ impl Drop for Lease {
 impl Store {
     /// Builds the pool. Opens no connection: Redis may be down at startup, and the first
     /// operation (or the first after Redis comes back) connects.
-    pub fn new(cfg: &RedisConfig) -> Result<Self, StoreError> {
+    ///
+    /// `via`: connect to this address instead of resolving `REDIS_HOST` (the local fault proxy);
+    /// the host name is still the one TLS verifies.
+    pub fn new(cfg: &RedisConfig, via: Option<SocketAddr>) -> Result<Self, StoreError> {
         // redis' rustls needs a process-wide crypto provider; a second install is a harmless no-op.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
@@ -233,9 +237,12 @@ impl Store {
         .map_err(|e| StoreError::Config(e.to_string()))?;
 
         // Seam for token credentials (Entra ID): a credentials provider is set on this config.
-        let config = AsyncConnectionConfig::new()
+        let mut config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(cfg.redis_socket_connect_timeout))
             .set_response_timeout(Some(cfg.redis_socket_timeout));
+        if let Some(addr) = via {
+            config = config.set_dns_resolver(Via(addr));
+        }
 
         let tracker = Arc::new(Tracker::default());
         let (reset, reset_rx) = watch::channel(ResetState::default());
@@ -437,6 +444,20 @@ impl Store {
             Err(PoolError::Timeout(_)) => Err(StoreError::Timeout("connecting to Redis took too long".into())),
             Err(e) => Err(StoreError::Connection(e.to_string())),
         }
+    }
+}
+
+/// Resolves every host name to one address: how connections are routed through the fault proxy.
+struct Via(SocketAddr);
+
+impl redis::io::AsyncDNSResolver for Via {
+    fn resolve<'a, 'b: 'a>(
+        &'a self,
+        _host: &'b str,
+        _port: u16,
+    ) -> redis::RedisFuture<'a, Box<dyn Iterator<Item = SocketAddr> + Send + 'a>> {
+        let addr = self.0;
+        Box::pin(async move { Ok(Box::new(std::iter::once(addr)) as Box<dyn Iterator<Item = SocketAddr> + Send>) })
     }
 }
 

@@ -76,6 +76,11 @@ pub struct HangTicket {
 }
 
 impl HangTicket {
+    /// Identifies this hang, so a run undoes only the hang it started.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// Waits for this hang to end; returns how and after how long.
     pub async fn wait(mut self) -> (HangEnd, Duration) {
         let id = self.id;
@@ -122,7 +127,7 @@ impl HangController {
             let mut rx = self.state.subscribe();
             tokio::spawn(async move {
                 tokio::select! {
-                    () = tokio::time::sleep(d) => end(&state, id, HangEnd::Completed),
+                    () = tokio::time::sleep(d) => { end(&state, id, HangEnd::Completed); }
                     _ = rx.wait_for(|s| s.id != id || !s.active) => {}
                 }
             });
@@ -135,6 +140,11 @@ impl HangController {
     pub fn stop(&self) {
         let id = self.state.borrow().id;
         end(&self.state, id, HangEnd::Stopped);
+    }
+
+    /// Ends hang `id` if it is still active; returns whether it was.
+    pub fn stop_if(&self, id: u64) -> bool {
+        end(&self.state, id, HangEnd::Stopped)
     }
 
     /// Returns at once unless an app-scope hang is active; then waits for it to end.
@@ -165,7 +175,7 @@ impl HangController {
     }
 }
 
-fn end(state: &watch::Sender<State>, id: u64, how: HangEnd) {
+fn end(state: &watch::Sender<State>, id: u64, how: HangEnd) -> bool {
     let ended = state.send_if_modified(|s| {
         if s.id == id && s.active {
             s.active = false;
@@ -178,6 +188,7 @@ fn end(state: &watch::Sender<State>, id: u64, how: HangEnd) {
     if ended {
         tracing::warn!(?how, "hang ended");
     }
+    ended
 }
 
 #[cfg(test)]

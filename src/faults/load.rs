@@ -61,12 +61,16 @@ impl LoadLevel {
 /// What `/chaos/status` shows of the load.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadStatus {
+    /// Identifies one load, so a run undoes only the load it started.
+    #[serde(skip)]
+    pub id: u64,
     pub active: bool,
     pub level: Option<LoadLevel>,
     pub remaining_seconds: u64,
 }
 
 struct Active {
+    id: u64,
     level: LoadLevel,
     ends: Instant,
     stop: Arc<AtomicBool>,
@@ -78,6 +82,7 @@ struct Active {
 #[derive(Default)]
 pub struct LoadController {
     active: Arc<Mutex<Option<Active>>>,
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 impl LoadController {
@@ -96,7 +101,8 @@ impl LoadController {
         let stop = Arc::new(AtomicBool::new(false));
         let (done_tx, done) = watch::channel(false);
         let ends = Instant::now() + duration;
-        *slot = Some(Active { level, ends, stop: stop.clone(), done });
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        *slot = Some(Active { id, level, ends, stop: stop.clone(), done });
 
         let active = self.active.clone();
         std::thread::Builder::new()
@@ -108,33 +114,44 @@ impl LoadController {
             })
             .map_err(|e| FaultError::Invalid(format!("cannot start load thread: {e}")))?;
         tracing::info!(level = ?level, duration_seconds, "load started");
-        Ok(LoadStatus { active: true, level: Some(level), remaining_seconds: duration_seconds as u64 })
+        Ok(LoadStatus { id, active: true, level: Some(level), remaining_seconds: duration_seconds as u64 })
     }
 
     /// Ends the running load (if any) and waits until its threads are gone and memory is freed.
     pub async fn stop(&self) {
+        self.stop_matching(|_| true).await;
+    }
+
+    /// Ends load `id` if it is still the one running; returns whether it was.
+    pub async fn stop_if(&self, id: u64) -> bool {
+        self.stop_matching(|a| a.id == id).await
+    }
+
+    async fn stop_matching(&self, matches: impl Fn(&Active) -> bool) -> bool {
         let done = {
             let slot = self.active.lock().unwrap();
             match slot.as_ref() {
-                Some(a) => {
+                Some(a) if matches(a) => {
                     a.stop.store(true, Ordering::SeqCst);
                     a.done.clone()
                 }
-                None => return,
+                _ => return false,
             }
         };
         let mut done = done;
         let _ = done.wait_for(|d| *d).await;
+        true
     }
 
     pub fn status(&self) -> LoadStatus {
         match self.active.lock().unwrap().as_ref() {
             Some(a) => LoadStatus {
+                id: a.id,
                 active: true,
                 level: Some(a.level),
                 remaining_seconds: ceil_secs(a.ends.saturating_duration_since(Instant::now())),
             },
-            None => LoadStatus { active: false, level: None, remaining_seconds: 0 },
+            None => LoadStatus { id: 0, active: false, level: None, remaining_seconds: 0 },
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod cpu;
 pub mod hang;
 pub mod load;
+pub mod network;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

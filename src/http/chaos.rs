@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, JsonBody};
+use crate::faults::network::NetworkFaultKind;
 use crate::faults::{self, hang::HangEnd};
 use crate::store::LinkState;
 
@@ -108,8 +109,24 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "load": state.faults.load.status(),
         "hang": state.faults.hang.status(),
         "redis": redis,
-        "network": {"backend": "none", "blocked": false, "faults": []},
-        "runs": {"active": 0, "last": null},
+        "network": network_status(&state),
+        "runs": {"active": state.runs.active_count(), "last": state.runs.last()},
         "timestamp": crate::timestamp(),
     }))
+}
+
+fn network_status(state: &AppState) -> Value {
+    let faults = state.network.faults();
+    let blocked = faults.iter().any(|f| f.kind == NetworkFaultKind::Block);
+    let mut v = json!({"backend": state.network.name(), "blocked": blocked, "faults": faults});
+    if let Some(p) = &state.proxy {
+        v["proxy"] = json!({
+            "listen": p.addr().to_string(),
+            "upstream": p.upstream(),
+            "connections": p.connection_count(),
+            "blackholed": p.blackholed_count(),
+            "latency_ms": p.latency_ms(),
+        });
+    }
+    v
 }

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use tower_http::request_id::RequestId;
 
+use crate::chaos::RunError;
 use crate::faults::FaultError;
 use crate::store::StoreError;
 
@@ -29,11 +30,20 @@ pub enum ApiError {
     Fault(#[from] FaultError),
     #[error(transparent)]
     Redis(#[from] StoreError),
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// Missing or wrong bearer token (401).
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// Refused whatever the credentials (403).
+    #[error("{0}")]
+    Forbidden(&'static str),
 }
 
-/// The `detail` of an error response, picked up by [`envelope`].
+/// The `detail` of an error response, picked up by [`envelope`], and extra envelope fields
+/// (e.g. `line`/`column` of a script error).
 #[derive(Debug, Clone)]
-pub struct ErrorDetail(pub String);
+pub struct ErrorDetail(pub String, pub Option<serde_json::Value>);
 
 impl ApiError {
     pub fn status(&self) -> StatusCode {
@@ -44,6 +54,12 @@ impl ApiError {
             Self::Fault(FaultError::Invalid(_)) => StatusCode::BAD_REQUEST,
             Self::Fault(FaultError::Unavailable(_) | FaultError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Redis(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Run(RunError::Invalid(_) | RunError::Compile(_)) => StatusCode::BAD_REQUEST,
+            Self::Run(RunError::NotFound(_)) => StatusCode::NOT_FOUND,
+            Self::Run(RunError::Busy(_)) => StatusCode::CONFLICT,
+            Self::Run(RunError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -51,7 +67,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = self.status().into_response();
-        res.extensions_mut().insert(ErrorDetail(self.to_string()));
+        let extra = match &self {
+            Self::Run(RunError::Compile(e)) => Some(serde_json::json!({"line": e.line, "column": e.column})),
+            _ => None,
+        };
+        if let Self::Unauthorized(_) = self {
+            res.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        res.extensions_mut().insert(ErrorDetail(self.to_string(), extra));
         res
     }
 }
@@ -105,8 +128,12 @@ pub async fn envelope(req: Request, next: Next) -> Response {
 
     let mut res = next.run(req).await;
     let status = res.status();
+    let mut extra = None;
     let detail = match res.extensions_mut().remove::<ErrorDetail>() {
-        Some(ErrorDetail(d)) => d,
+        Some(ErrorDetail(d, x)) => {
+            extra = x;
+            d
+        }
         None if status.is_client_error() || status.is_server_error() => {
             if is_json(&res) {
                 return res; // a JSON error body of its own, e.g. /health's "unhealthy" report
@@ -120,12 +147,15 @@ pub async fn envelope(req: Request, next: Next) -> Response {
     } else {
         tracing::debug!(status = status.as_u16(), %detail, "request rejected");
     }
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "error": status.canonical_reason().unwrap_or("Error"),
         "detail": detail,
         "timestamp": crate::timestamp(),
         "request_id": request_id,
     });
+    if let Some(serde_json::Value::Object(x)) = extra {
+        body.as_object_mut().expect("envelope is an object").extend(x);
+    }
     let mut out = (status, axum::Json(body)).into_response();
     // Keep headers such as Allow (405) and Retry-After that the original response carried.
     for (name, value) in res.headers() {

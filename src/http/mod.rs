@@ -6,21 +6,31 @@ mod app;
 mod chaos;
 mod docs;
 pub mod error;
+mod runs;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use axum::Router;
 use axum::extract::{Request, State};
+use axum::http::{Method, header};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::config::Config;
+use crate::chaos::Runs;
+use crate::chaos::catalog::Catalog;
+use crate::chaos::engine::Deps;
+use crate::config::{Config, NetworkBackendKind};
 use crate::faults::Faults;
+use crate::faults::network::{Disabled, LocalProxy, NetworkBackend};
 use crate::store::Store;
+use error::ApiError;
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
@@ -29,23 +39,82 @@ pub struct AppState {
     /// `None` when `REDIS_ENABLED=false`.
     pub store: Option<Store>,
     pub faults: Arc<Faults>,
+    pub network: Arc<dyn NetworkBackend>,
+    /// Set when the local backend runs, for the details `/chaos/status` shows.
+    pub proxy: Option<Arc<LocalProxy>>,
+    pub runs: Arc<Runs>,
     pub health: Arc<app::HealthCache>,
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Option<Store>) -> Self {
+    /// Builds everything the API needs for a service that listens on `addr`: the network fault
+    /// backend (starting the local proxy), the Redis client routed through it, the scenario
+    /// catalog (watched) and the run journals.
+    pub async fn start(config: Config, addr: SocketAddr) -> anyhow::Result<Self> {
+        let (network, proxy): (Arc<dyn NetworkBackend>, _) = match config.chaos.network_fault_backend {
+            NetworkBackendKind::Local => {
+                let proxy = LocalProxy::start(
+                    config.redis.redis_host.clone(),
+                    config.redis.redis_port,
+                    config.redis.redis_socket_connect_timeout,
+                )
+                .context("cannot start the local network-fault proxy")?;
+                (proxy.clone(), Some(proxy))
+            }
+            NetworkBackendKind::None => (Arc::new(Disabled), None),
+        };
+        let store = if config.redis.redis_enabled {
+            Some(
+                Store::new(&config.redis, proxy.as_ref().map(|p| p.addr()))
+                    .context("cannot set up the Redis client")?,
+            )
+        } else {
+            None
+        };
+        let faults = Arc::new(Faults::default());
+        // Scripts reach the service over loopback even when it listens on all interfaces.
+        let self_ip: IpAddr = match addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.into(),
+            IpAddr::V6(ip) if ip.is_unspecified() => Ipv6Addr::LOCALHOST.into(),
+            ip => ip,
+        };
+        let deps = Arc::new(Deps {
+            faults: faults.clone(),
+            store: store.clone(),
+            network: network.clone(),
+            self_url: format!("http://{}", SocketAddr::new(self_ip, addr.port())),
+            http: reqwest::Client::builder().build().context("cannot build the HTTP client")?,
+            handle: tokio::runtime::Handle::current(),
+            reset_grace: config.redis.redis_socket_timeout + Duration::from_millis(500),
+        });
+        let catalog = Catalog::load(config.chaos.scenarios_dir.clone());
+        catalog.watch();
+        let runs = Runs::open(deps, catalog, config.chaos.runs_dir.clone(), config.chaos.max_concurrent_runs as usize)
+            .with_context(|| format!("cannot use RUNS_DIR {}", config.chaos.runs_dir.display()))?;
         let ttl = config.health_cache_ttl_seconds;
-        Self {
+        Ok(Self {
             config: Arc::new(config),
             store,
-            faults: Arc::new(Faults::default()),
+            faults,
+            network,
+            proxy,
+            runs: Arc::new(runs),
             health: Arc::new(app::HealthCache::new(ttl)),
-        }
+        })
     }
 
     /// How long a non-forced redis-reset waits for commands in flight.
     pub fn reset_grace(&self) -> Duration {
         self.config.redis.redis_socket_timeout + Duration::from_millis(500)
+    }
+
+    /// Ends runs (each undoing its faults), then every fault: what SIGTERM triggers.
+    pub async fn shutdown(&self) {
+        self.runs.shutdown(runs::STOP_GRACE).await;
+        self.faults.shutdown().await;
+        if let Err(e) = self.network.clear_all().await {
+            tracing::error!(error = %e, "could not clear network faults at shutdown");
+        }
     }
 }
 
@@ -55,7 +124,9 @@ pub fn router(state: AppState) -> Router {
         .merge(app::router())
         .merge(chaos::router())
         .merge(docs::router())
+        .merge(runs::router())
         .layer(middleware::from_fn_with_state(state.clone(), hang_gate))
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
     // The cross-cutting layers wrap the finished router (not each route), so they also see the
     // responses axum makes itself: 404, and 405 complete with its Allow header.
@@ -75,8 +146,53 @@ pub fn router(state: AppState) -> Router {
     )
 }
 
-/// An app-scope hang stalls every request here, before it reaches its handler.
+/// An app-scope hang stalls every request here, before it reaches its handler. The kill switch
+/// is the one exception: it must be able to end the hang.
 async fn hang_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    state.faults.hang.gate().await;
+    if !(req.method() == Method::POST && req.uri().path() == "/chaos/stop") {
+        state.faults.hang.gate().await;
+    }
     next.run(req).await
+}
+
+/// `CHAOS_API_TOKEN`: every `/chaos/*` request except `GET /chaos/status` needs
+/// `Authorization: Bearer <token>`. Without a token, script execution is refused unless the
+/// service listens on loopback only.
+async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let open = !path.starts_with("/chaos/") || (req.method() == Method::GET && path == "/chaos/status");
+    if !open {
+        match &state.config.chaos.chaos_api_token {
+            Some(token) => {
+                let given = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or_default();
+                if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                    return ApiError::Unauthorized("this endpoint needs 'Authorization: Bearer <CHAOS_API_TOKEN>'")
+                        .into_response();
+                }
+            }
+            None if path == "/chaos/run" && !state.config.app_host.is_loopback() => {
+                return ApiError::Forbidden(
+                    "script execution is off: the service listens on a non-loopback address without \
+                     CHAOS_API_TOKEN; set CHAOS_API_TOKEN to enable POST /chaos/run",
+                )
+                .into_response();
+            }
+            None => {}
+        }
+    }
+    next.run(req).await
+}
+
+/// Compares without an early exit, so timing does not reveal how much of the token matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
 }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use chaos_lab::AppState;
 use chaos_lab::config::Config;
-use chaos_lab::store::Store;
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough on loopback).
 pub fn free_port() -> u16 {
@@ -130,9 +129,8 @@ impl TestService {
         all.extend_from_slice(args);
         let config = Config::from_args(all).expect("test config parses");
         config.validate().expect("test config is valid");
-        let store = config.redis.redis_enabled.then(|| Store::new(&config.redis).unwrap());
-        let state = AppState::new(config, store);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let state = AppState::start(config, listener.local_addr().unwrap()).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(chaos_lab::serve(listener, state.clone(), async move {

@@ -1,0 +1,315 @@
+//! The scenario engine: runs of Rhai scripts (POSTed or from the catalog), their reports and live
+//! events, the journals kept on disk, and the kill switch.
+//!
+//! `chaos` depends on `faults` and never on `http`; Rhai types stay inside `engine`.
+
+pub mod catalog;
+pub mod engine;
+pub mod report;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use catalog::Catalog;
+use engine::Deps;
+use report::{RunReport, RunShared, RunStatus, RunSummary, ScriptError, StopReason};
+
+/// Default and largest `timeout_seconds` of a run.
+pub const DEFAULT_TIMEOUT_SECONDS: u64 = 900;
+pub const MAX_TIMEOUT_SECONDS: u64 = 3600;
+
+/// Why a run could not start or be found. `http::error` maps these to status codes.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the script does not compile: {}", .0.message)]
+    Compile(ScriptError),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Busy(String),
+    #[error("the service is shutting down; no new run can start")]
+    ShuttingDown,
+}
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub script: Option<String>,
+    pub scenario: Option<String>,
+    pub params: serde_json::Map<String, Value>,
+    pub timeout_seconds: Option<u64>,
+    pub dry_run: bool,
+}
+
+/// Every run of this service: the ones in progress and the journals of finished ones.
+pub struct Runs {
+    deps: Arc<Deps>,
+    pub catalog: Arc<Catalog>,
+    dir: PathBuf,
+    max_concurrent: usize,
+    active: Mutex<HashMap<String, Arc<RunShared>>>,
+    /// Summaries of every run, journals included, for listing without reading every file.
+    index: Mutex<Vec<RunSummary>>,
+    accepting: AtomicBool,
+}
+
+impl Runs {
+    /// Opens (creating if needed) the journal folder and indexes what it holds. A journal still
+    /// marked `running` belongs to a process that died mid-run: it is closed as failed.
+    pub fn open(deps: Arc<Deps>, catalog: Arc<Catalog>, dir: PathBuf, max_concurrent: usize) -> std::io::Result<Self> {
+        std::fs::create_dir_all(&dir)?;
+        let mut index = Vec::new();
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(&path) else { continue };
+            let Ok(mut report) = serde_json::from_str::<RunReport>(&text) else {
+                tracing::warn!(file = %path.display(), "ignoring an unreadable run journal");
+                continue;
+            };
+            if report.status == RunStatus::Running {
+                report.status = RunStatus::Failed;
+                report.verdict = Some("fail".into());
+                report.reason = Some(
+                    "the service stopped during this run (crash or kill -9); faults it applied were not undone by it"
+                        .into(),
+                );
+                write_journal(&dir, &report);
+            }
+            index.push(report.summary());
+        }
+        index.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        Ok(Self {
+            deps,
+            catalog,
+            dir,
+            max_concurrent,
+            active: Mutex::new(HashMap::new()),
+            index: Mutex::new(index),
+            accepting: AtomicBool::new(true),
+        })
+    }
+
+    /// Validates, compiles and starts a run on a blocking thread.
+    pub fn start(self: &Arc<Self>, req: RunRequest) -> Result<Arc<RunShared>, RunError> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(RunError::ShuttingDown);
+        }
+        let timeout = req.timeout_seconds.unwrap_or(DEFAULT_TIMEOUT_SECONDS);
+        if !(1..=MAX_TIMEOUT_SECONDS).contains(&timeout) {
+            return Err(RunError::Invalid(format!(
+                "timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}, got {timeout}"
+            )));
+        }
+        let (source, scenario, params) = match (req.script, req.scenario) {
+            (Some(_), Some(_)) => return Err(RunError::Invalid("give either 'script' or 'scenario', not both".into())),
+            (None, None) => {
+                return Err(RunError::Invalid(
+                    "nothing to run: give 'script' (Rhai source) or 'scenario' (a name from GET /chaos/scenarios)"
+                        .into(),
+                ));
+            }
+            (Some(s), None) => (s, None, req.params),
+            (None, Some(name)) => {
+                let s = self.catalog.get(&name).ok_or_else(|| {
+                    let known: Vec<String> = self.catalog.list().into_iter().map(|s| s.name).collect();
+                    RunError::NotFound(format!("no scenario named '{name}'; known: {}", known.join(", ")))
+                })?;
+                if let Some(e) = s.error {
+                    return Err(RunError::Compile(e));
+                }
+                // Declared defaults first, the caller's values over them; unknown names are typos.
+                let mut params: serde_json::Map<String, Value> =
+                    s.params.iter().map(|p| (p.name.clone(), p.default.clone())).collect();
+                for (k, v) in req.params {
+                    if !params.contains_key(&k) {
+                        let declared: Vec<&str> = s.params.iter().map(|p| p.name.as_str()).collect();
+                        return Err(RunError::Invalid(format!(
+                            "scenario '{name}' has no parameter '{k}'; it declares: {}",
+                            if declared.is_empty() { "none".to_string() } else { declared.join(", ") }
+                        )));
+                    }
+                    params.insert(k, v);
+                }
+                (s.source, Some(name), params)
+            }
+        };
+        let ast = engine::compile(&source).map_err(RunError::Compile)?;
+
+        let run = {
+            let mut active = self.active.lock().unwrap();
+            if active.len() >= self.max_concurrent {
+                let ids: Vec<&String> = active.keys().collect();
+                return Err(RunError::Busy(format!(
+                    "{} run(s) already in progress ({ids:?}); MAX_CONCURRENT_RUNS is {}",
+                    active.len(),
+                    self.max_concurrent
+                )));
+            }
+            let report = RunReport {
+                run_id: new_run_id(),
+                scenario,
+                status: RunStatus::Running,
+                verdict: None,
+                reason: None,
+                dry_run: req.dry_run,
+                params: params.clone(),
+                timeout_seconds: timeout,
+                started_at: crate::timestamp(),
+                ended_at: None,
+                duration_s: None,
+                steps: Vec::new(),
+                logs: Vec::new(),
+                expectations: Vec::new(),
+                measurements: Default::default(),
+                undo: Vec::new(),
+                error: None,
+                result: None,
+            };
+            let run = Arc::new(RunShared::new(report));
+            active.insert(run.id.clone(), run.clone());
+            run
+        };
+        let snapshot = run.snapshot();
+        self.index.lock().unwrap().push(snapshot.summary());
+        write_journal(&self.dir, &snapshot);
+        run.emit("run_started", serde_json::json!(snapshot.summary()));
+        tracing::info!(run_id = %run.id, scenario = ?snapshot.scenario, dry_run = req.dry_run, "run started");
+
+        // The timeout is a stop request like any other.
+        let timer_run = run.clone();
+        tokio::spawn(async move {
+            let mut done = timer_run.done.subscribe();
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(timeout)) => timer_run.request_stop(StopReason::TimedOut),
+                _ = done.wait_for(|d| *d) => {}
+            }
+        });
+
+        let this = self.clone();
+        let thread_run = run.clone();
+        let deps = self.deps.clone();
+        let dry_run = req.dry_run;
+        tokio::task::spawn_blocking(move || {
+            engine::execute(thread_run.clone(), deps, ast, params, dry_run);
+            this.finish(&thread_run);
+        });
+        Ok(run)
+    }
+
+    fn finish(&self, run: &Arc<RunShared>) {
+        let report = run.snapshot();
+        write_journal(&self.dir, &report);
+        if let Some(s) = self.index.lock().unwrap().iter_mut().find(|s| s.run_id == report.run_id) {
+            *s = report.summary();
+        }
+        self.active.lock().unwrap().remove(&run.id);
+        tracing::info!(run_id = %run.id, status = ?report.status, verdict = ?report.verdict, "run ended");
+        run.emit(
+            "run_finished",
+            serde_json::json!({"run_id": report.run_id, "status": report.status, "verdict": report.verdict, "reason": report.reason}),
+        );
+        run.done.send_replace(true);
+    }
+
+    /// A run in progress.
+    pub fn active(&self, id: &str) -> Option<Arc<RunShared>> {
+        self.active.lock().unwrap().get(id).cloned()
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.active.lock().unwrap().len()
+    }
+
+    /// Every run, newest first.
+    pub fn list(&self) -> Vec<RunSummary> {
+        let mut all = self.index.lock().unwrap().clone();
+        all.reverse();
+        all
+    }
+
+    /// The newest run, if any.
+    pub fn last(&self) -> Option<RunSummary> {
+        self.index.lock().unwrap().last().cloned()
+    }
+
+    /// A run's full report, live or from its journal.
+    pub fn report(&self, id: &str) -> Result<RunReport, RunError> {
+        if let Some(run) = self.active(id) {
+            return Ok(run.snapshot());
+        }
+        let not_found = || RunError::NotFound(format!("no run with id '{id}'"));
+        if !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(not_found());
+        }
+        let text = std::fs::read_to_string(self.dir.join(format!("{id}.json"))).map_err(|_| not_found())?;
+        serde_json::from_str(&text).map_err(|e| RunError::NotFound(format!("journal of run '{id}' is unreadable: {e}")))
+    }
+
+    /// Asks one run to stop; its undo runs before it ends.
+    pub fn cancel(&self, id: &str) -> Result<Arc<RunShared>, RunError> {
+        match self.active(id) {
+            Some(run) => {
+                run.request_stop(StopReason::Cancelled);
+                Ok(run)
+            }
+            None => match self.report(id) {
+                Ok(r) => Err(RunError::Busy(format!("run '{id}' already ended ({:?})", r.status))),
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    /// Stops every run and waits (up to `within`) until each has undone its faults; returns how
+    /// many runs were stopped.
+    pub async fn stop_all(&self, reason: StopReason, within: Duration) -> usize {
+        let runs: Vec<Arc<RunShared>> = self.active.lock().unwrap().values().cloned().collect();
+        for r in &runs {
+            r.request_stop(reason);
+        }
+        let waits = runs.iter().map(|r| {
+            let mut done = r.done.subscribe();
+            async move {
+                let _ = done.wait_for(|d| *d).await;
+            }
+        });
+        if tokio::time::timeout(within, futures::future::join_all(waits)).await.is_err() {
+            tracing::error!("some runs did not finish their undo within {within:?}");
+        }
+        runs.len()
+    }
+
+    /// Refuses new runs and stops the running ones (SIGTERM).
+    pub async fn shutdown(&self, within: Duration) {
+        self.accepting.store(false, Ordering::SeqCst);
+        self.stop_all(StopReason::Shutdown, within).await;
+    }
+}
+
+/// Time-ordered, readable and unique: `20261122T174300Z-1a2b3c`.
+fn new_run_id() -> String {
+    let now = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string().replace('.', "");
+    format!("{now}-{:06x}", fastrand::u32(..0x100_0000))
+}
+
+/// Writes a journal atomically (temp file + rename), so a crash never leaves half a file.
+fn write_journal(dir: &std::path::Path, report: &RunReport) {
+    let path = dir.join(format!("{}.json", report.run_id));
+    let tmp = dir.join(format!(".{}.json.tmp", report.run_id));
+    let result = serde_json::to_vec_pretty(report)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = result {
+        tracing::error!(run_id = %report.run_id, error = %e, dir = %dir.display(), "cannot write the run journal");
+    }
+}

@@ -1,0 +1,197 @@
+//! The scenario engine's API: `POST /chaos/run`, `GET /chaos/runs[/{id}[/events]]`,
+//! `POST /chaos/runs/{id}/cancel`, `POST /chaos/stop` (the kill switch) and
+//! `GET /chaos/scenarios[/{name}]`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::stream::{self, Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::chaos::report::{Event, RunShared, StopReason};
+use crate::chaos::{RunError, RunRequest};
+
+/// How long the kill switch and shutdown wait for runs to finish their undo.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/chaos/run", post(start_run))
+        .route("/chaos/runs", get(list_runs))
+        .route("/chaos/runs/{id}", get(get_run))
+        .route("/chaos/runs/{id}/events", get(run_events))
+        .route("/chaos/runs/{id}/cancel", post(cancel_run))
+        .route("/chaos/stop", post(kill_switch))
+        .route("/chaos/scenarios", get(list_scenarios))
+        .route("/chaos/scenarios/{name}", get(get_scenario))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RunBody {
+    script: Option<String>,
+    scenario: Option<String>,
+    #[serde(default)]
+    params: serde_json::Map<String, Value>,
+    timeout_seconds: Option<u64>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct RunQuery {
+    #[serde(default)]
+    wait: bool,
+}
+
+/// The body is the script itself (any non-JSON content type) or a JSON [`RunBody`].
+async fn start_run(
+    State(state): State<AppState>,
+    Query(q): Query<RunQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let req = if is_json {
+        let de = &mut serde_json::Deserializer::from_slice(&body);
+        let b: RunBody = serde_path_to_error::deserialize(de)
+            .map_err(|e| ApiError::Unprocessable(format!("Invalid value for field '{}': {}", e.path(), e.inner())))?;
+        RunRequest {
+            script: b.script,
+            scenario: b.scenario,
+            params: b.params,
+            timeout_seconds: b.timeout_seconds,
+            dry_run: b.dry_run,
+        }
+    } else {
+        let script = String::from_utf8(body.to_vec())
+            .map_err(|_| ApiError::Unprocessable("the script must be UTF-8 text".into()))?;
+        RunRequest { script: Some(script), ..RunRequest::default() }
+    };
+    let run = state.runs.start(req)?;
+    if q.wait {
+        let mut done = run.done.subscribe();
+        let _ = done.wait_for(|d| *d).await;
+        return Ok(Json(run.snapshot()).into_response());
+    }
+    let id = &run.id;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "run_id": id,
+            "status": "running",
+            "links": {
+                "self": format!("/chaos/runs/{id}"),
+                "events": format!("/chaos/runs/{id}/events"),
+                "cancel": format!("/chaos/runs/{id}/cancel"),
+            },
+        })),
+    )
+        .into_response())
+}
+
+async fn list_runs(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"runs": state.runs.list()}))
+}
+
+async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    Ok(Json(state.runs.report(&id)?).into_response())
+}
+
+/// Replays the run's events so far, then streams the rest live until the run ends.
+async fn run_events(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let stream = match state.runs.active(&id) {
+        Some(run) => live_events(run).boxed(),
+        None => {
+            // Finished: one event with the whole report.
+            let report = state.runs.report(&id)?;
+            let ev = Event { name: "run_finished", data: json!(report) };
+            stream::iter([ev]).boxed()
+        }
+    };
+    Ok(Sse::new(stream.map(|e| Ok(SseEvent::default().event(e.name).data(e.data.to_string()))))
+        .keep_alive(KeepAlive::default()))
+}
+
+fn live_events(run: std::sync::Arc<RunShared>) -> impl Stream<Item = Event> {
+    let (past, rx) = run.subscribe();
+    let finished_already = past.iter().any(|e| e.name == "run_finished");
+    let live = stream::unfold((rx, finished_already), |(mut rx, finished)| async move {
+        if finished {
+            return None;
+        }
+        match rx.recv().await {
+            Ok(e) => {
+                let end = e.name == "run_finished";
+                Some((e, (rx, end)))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                let e = Event { name: "lagged", data: json!({"missed_events": n}) };
+                Some((e, (rx, false)))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    });
+    stream::iter(past).chain(live)
+}
+
+async fn cancel_run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let run = state.runs.cancel(&id)?;
+    // Wait briefly so the caller usually sees the undo done; the run ends on its own anyway.
+    let mut done = run.done.subscribe();
+    let _ = tokio::time::timeout(STOP_GRACE, done.wait_for(|d| *d)).await;
+    Ok((StatusCode::OK, Json(json!(run.snapshot()))).into_response())
+}
+
+/// The kill switch: cancels every run (each undoes its faults), then ends every built-in fault
+/// and clears every network fault, whoever applied it.
+async fn kill_switch(State(state): State<AppState>) -> Json<Value> {
+    let runs = state.runs.stop_all(StopReason::KillSwitch, STOP_GRACE).await;
+    let load = state.faults.load.status().active;
+    let hang = state.faults.hang.status().active;
+    state.faults.stop_all().await;
+    let network = match state.network.clear_all().await {
+        Ok(n) => json!(n),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    tracing::warn!(runs, load, hang, "kill switch: every fault ended");
+    Json(json!({
+        "status": "stopped",
+        "runs_cancelled": runs,
+        "load_stopped": load,
+        "hang_stopped": hang,
+        "network_faults_cleared": network,
+        "timestamp": crate::timestamp(),
+    }))
+}
+
+async fn list_scenarios(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"dir": state.runs.catalog.dir().display().to_string(), "scenarios": state.runs.catalog.list()}))
+}
+
+async fn get_scenario(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let s = state
+        .runs
+        .catalog
+        .get(&name)
+        .ok_or_else(|| ApiError::Run(RunError::NotFound(format!("no scenario named '{name}'"))))?;
+    let mut v = json!(s);
+    v["source"] = json!(s.source);
+    Ok(Json(v))
+}
