@@ -358,17 +358,29 @@ fn build(ctx: &Arc<Ctx>) -> Engine {
     let c = ctx.clone();
     e.on_print(move |s| c.log(s.to_string(), Position::NONE));
 
-    let c = ctx.clone();
-    e.register_fn("sleep", move |nc: NativeCallContext, s: Dynamic| -> Fallible<()> {
-        let pos = nc.call_position();
-        c.step("sleep", format!("{s}"), pos, || {
-            let d = seconds("sleep(seconds)", &s)?;
-            c.sleep(d)?;
-            Ok(((), format!("slept {:.3} s", d.as_secs_f64())))
-        })
-    });
-    let c = ctx.clone();
-    e.register_fn("log", move |nc: NativeCallContext, msg: Dynamic| c.log(msg.to_string(), nc.call_position()));
+    // Rhai's standard library has its own blocking `sleep(INT/FLOAT)`, found before a `Dynamic`
+    // overload: register the exact types so ours (cancellable, a timeline step) wins.
+    let sleep = |c: Arc<Ctx>| {
+        move |nc: NativeCallContext, s: Dynamic| -> Fallible<()> {
+            c.step("sleep", format!("{s}"), nc.call_position(), || {
+                let d = seconds("sleep(seconds)", &s)?;
+                c.sleep(d)?;
+                Ok(((), format!("slept {:.3} s", d.as_secs_f64())))
+            })
+        }
+    };
+    let f = sleep(ctx.clone());
+    e.register_fn("sleep", move |nc: NativeCallContext, s: i64| f(nc, Dynamic::from_int(s)));
+    let f = sleep(ctx.clone());
+    e.register_fn("sleep", move |nc: NativeCallContext, s: f64| f(nc, Dynamic::from_float(s)));
+    e.register_fn("sleep", sleep(ctx.clone()));
+    // `log(FLOAT)` is a logarithm in Rhai's math package; ours logs every type, exact types first.
+    let log = |c: Arc<Ctx>| move |nc: NativeCallContext, msg: Dynamic| c.log(msg.to_string(), nc.call_position());
+    let f = log(ctx.clone());
+    e.register_fn("log", move |nc: NativeCallContext, m: f64| f(nc, Dynamic::from_float(m)));
+    let f = log(ctx.clone());
+    e.register_fn("log", move |nc: NativeCallContext, m: i64| f(nc, Dynamic::from_int(m)));
+    e.register_fn("log", log(ctx.clone()));
     let c = ctx.clone();
     e.register_fn("param", move |name: ImmutableString, default: Dynamic| -> Fallible<Dynamic> {
         match c.params.get(name.as_str()) {

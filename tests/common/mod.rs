@@ -110,7 +110,13 @@ impl TestService {
     /// command-line flags (later flags win).
     pub async fn start(redis_port: u16, args: &[&str]) -> Self {
         let port = redis_port.to_string();
+        let runs_dir = temp_dir("runs");
+        let scenarios_dir = temp_dir("scenarios");
         let mut all = vec![
+            "--runs-dir",
+            runs_dir.to_str().unwrap(),
+            "--scenarios-dir",
+            scenarios_dir.to_str().unwrap(),
             "--redis-port",
             &port,
             "--redis-host",
@@ -160,6 +166,56 @@ impl Drop for TestService {
             let _ = tx.send(());
         }
     }
+}
+
+/// A fresh, empty folder under the system temp dir.
+pub fn temp_dir(what: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("chaos-lab-test-{what}-{}-{}", std::process::id(), fastrand::u64(..)));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The repository's own `scenarios/` folder.
+pub fn repo_scenarios() -> String {
+    format!("{}/scenarios", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// POSTs a JSON run request with `?wait=true` and returns the final report.
+pub async fn run_and_wait(svc: &TestService, body: serde_json::Value) -> serde_json::Value {
+    let r = http().post(svc.url("/chaos/run?wait=true")).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 200, "run refused");
+    r.json().await.unwrap()
+}
+
+/// POSTs a JSON run request and returns its run id (the run goes on in the background).
+pub async fn start_run(svc: &TestService, body: serde_json::Value) -> String {
+    let r = http().post(svc.url("/chaos/run")).json(&body).send().await.unwrap();
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status, 202, "{v}");
+    v["run_id"].as_str().unwrap().to_string()
+}
+
+/// Waits until run `id` has ended; returns its report.
+pub async fn wait_run(svc: &TestService, id: &str, within: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, r) = get(&svc.url(&format!("/chaos/runs/{id}"))).await;
+        if r["status"] != "running" {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "run {id} still running after {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts no fault is left: no network fault, no load, no hang, and Redis reachable again.
+pub async fn assert_nothing_broken(svc: &TestService) {
+    let (_, status) = get(&svc.url("/chaos/status")).await;
+    assert_eq!(status["network"]["blocked"], false, "{status}");
+    assert!(status["network"]["faults"].as_array().unwrap().is_empty(), "{status}");
+    assert_eq!(status["load"]["active"], false, "{status}");
+    assert_eq!(status["hang"]["active"], false, "{status}");
 }
 
 pub fn http() -> reqwest::Client {
