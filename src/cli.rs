@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use rhai::{ASTNode, Expr};
+use rhai::{ASTNode, Expr, Stmt};
 use serde_json::{Value, json};
 
 use crate::chaos::{catalog, engine};
@@ -112,7 +112,13 @@ fn unknown_functions(ast: &rhai::AST) -> Vec<(String, rhai::Position)> {
     }
     let mut unknown = Vec::new();
     ast.walk(&mut |path: &[ASTNode]| {
-        if let Some(ASTNode::Expr(Expr::FnCall(call, pos))) = path.last() {
+        let call = match path.last() {
+            Some(ASTNode::Expr(Expr::FnCall(call, pos))) | Some(ASTNode::Stmt(Stmt::FnCall(call, pos))) => {
+                Some((call, pos))
+            }
+            _ => None,
+        };
+        if let Some((call, pos)) = call {
             let n = call.name.as_str();
             let is_ident = n.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_');
             if is_ident && !call.is_qualified() && !known.contains(n) {

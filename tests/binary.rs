@@ -82,8 +82,13 @@ fn help_documents_every_setting() {
 
 /// Starts the binary on a free port and waits for its "listening" line.
 fn spawn_service(redis_port: u16) -> (std::process::Child, String) {
+    spawn_service_with(redis_port, &[])
+}
+
+fn spawn_service_with(redis_port: u16, env: &[(&str, &str)]) -> (std::process::Child, String) {
     let port = free_port();
     let mut child = Command::new(BIN)
+        .envs(env.iter().copied())
         .env("APP_PORT", port.to_string())
         .env("REDIS_PORT", redis_port.to_string())
         .env("REDIS_HOST", "127.0.0.1")
@@ -132,4 +137,108 @@ async fn sigterm_during_a_permanent_hang_and_a_load_exits_within_seconds() {
     assert!(exit.success(), "exit status {exit:?}");
     assert_eq!(stalled.await.unwrap().0, 200, "in-flight request was not allowed to finish");
     assert_eq!(hang.await.unwrap().1["interrupted"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_run_undoes_its_faults_and_journals_it() {
+    let redis = RedisServer::start();
+    let runs = temp_dir("sigterm-runs");
+    let (mut child, url) = spawn_service_with(redis.port, &[("RUNS_DIR", runs.to_str().unwrap())]);
+    let script = "network_block();\nload(\"low\", 600);\nsleep(600);";
+    let r = http().post(format!("{url}/chaos/run")).body(script).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["run_id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        assert!(started.elapsed() < Duration::from_secs(5), "still running 5 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let journal: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs.join(format!("{id}.json"))).unwrap()).unwrap();
+    assert_eq!(journal["status"], "cancelled", "{journal:#}");
+    assert!(journal["reason"].as_str().unwrap().contains("shutting down"));
+    let undo: Vec<(&str, bool)> = journal["undo"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["action"].as_str().unwrap(), u["ok"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(undo.len(), 2, "{undo:?}");
+    assert_eq!(undo[0], ("stop the load", true));
+    assert!(undo[1].0.starts_with("clear network fault") && undo[1].1, "{undo:?}");
+}
+
+#[test]
+fn check_reports_positions_and_exit_codes() {
+    let dir = temp_dir("check");
+    let good = dir.join("good.rhai");
+    std::fs::write(&good, "//! description: fine\nlog(\"hi\");\nsleep(1);\n").unwrap();
+    let out = Command::new(BIN).args(["check", good.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    let bad = dir.join("bad.rhai");
+    std::fs::write(&bad, "//! description: typo\nlog(\"hi\");\nnetwork_blok();\n").unwrap();
+    let out = Command::new(BIN).args(["check", bad.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("bad.rhai:3:1: unknown function 'network_blok'"), "{text}");
+
+    let broken = dir.join("broken.rhai");
+    std::fs::write(&broken, "//! description: syntax\nlet x = ;\n").unwrap();
+    let out = Command::new(BIN).args(["check", broken.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("broken.rhai:2:"));
+
+    // The shipped scenarios are clean.
+    for entry in std::fs::read_dir(repo_scenarios()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("rhai") {
+            continue;
+        }
+        let out = Command::new(BIN).args(["check", path.to_str().unwrap()]).output().unwrap();
+        assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stdout));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_streams_the_timeline_and_exits_by_verdict() {
+    let redis = RedisServer::start();
+    let svc = TestService::start(redis.port, &["--chaos-api-token", "tok"]).await;
+    let dir = temp_dir("cli-run");
+    let pass = dir.join("pass.rhai");
+    std::fs::write(&pass, "let n = param(\"n\", 1);\nlog(`n is ${n}`);\nexpect(health().ok, \"healthy\");\n").unwrap();
+    let fail = dir.join("fail.rhai");
+    std::fs::write(&fail, "expect(false, \"deliberately failing\");\n").unwrap();
+
+    let run = |file: std::path::PathBuf, extra: Vec<String>| {
+        let url = svc.url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["run", file.to_str().unwrap(), "--url", &url, "--token", "tok"])
+                .args(extra)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(pass, vec!["--param".into(), "n=7".into()]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("log: n is 7"), "{text}");
+    assert!(text.contains("> health()"), "{text}");
+    assert!(text.contains("succeeded"), "{text}");
+
+    let out = run(fail, vec![]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("expect FAILED: deliberately failing"), "{text}");
+
+    let bad = dir.join("bad.rhai");
+    std::fs::write(&bad, "let = ;\n").unwrap();
+    let out = run(bad, vec![]).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.rhai:1:"), "{}", String::from_utf8_lossy(&out.stderr));
 }

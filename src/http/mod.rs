@@ -32,6 +32,10 @@ use crate::faults::network::{Disabled, LocalProxy, NetworkBackend};
 use crate::store::Store;
 use error::ApiError;
 
+/// How long SIGTERM waits for runs to undo their faults (a local undo takes milliseconds; this
+/// leaves room for a slow network backend while keeping shutdown within a few seconds).
+const SHUTDOWN_UNDO_GRACE: Duration = Duration::from_secs(3);
+
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -110,7 +114,7 @@ impl AppState {
 
     /// Ends runs (each undoing its faults), then every fault: what SIGTERM triggers.
     pub async fn shutdown(&self) {
-        self.runs.shutdown(runs::STOP_GRACE).await;
+        self.runs.shutdown(SHUTDOWN_UNDO_GRACE).await;
         self.faults.shutdown().await;
         if let Err(e) = self.network.clear_all().await {
             tracing::error!(error = %e, "could not clear network faults at shutdown");
