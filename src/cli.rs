@@ -189,6 +189,10 @@ async fn run(
                         if let Some(d) = line.strip_prefix("data:") { data.push_str(d.trim_start()); }
                     }
                     let data: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    if name == "run_finished" && data["steps"].is_array() {
+                        // The run ended before we subscribed: replay its report as events.
+                        replay(&data);
+                    }
                     print_event(&name, &data);
                     if name == "run_finished" {
                         final_status = data["status"].as_str().map(str::to_string);
@@ -221,6 +225,28 @@ async fn run(
     let status = final_status.or_else(|| report["status"].as_str().map(str::to_string)).unwrap_or_default();
     println!("run {run_id}: {status}, verdict {}", report["verdict"].as_str().unwrap_or("?"));
     Ok(if status == "succeeded" { 0 } else { 1 })
+}
+
+/// Prints a finished run's report the way its live events would have looked.
+fn replay(report: &Value) {
+    let list = |k: &str| report[k].as_array().cloned().unwrap_or_default();
+    let mut events: Vec<(f64, &str, Value)> = Vec::new();
+    for s in list("steps") {
+        events.push((s["offset_s"].as_f64().unwrap_or(0.0), "step_finished", s));
+    }
+    for l in list("logs") {
+        events.push((l["offset_s"].as_f64().unwrap_or(0.0), "log", l));
+    }
+    events.sort_by(|a, b| a.0.total_cmp(&b.0));
+    for (_, name, d) in &events {
+        print_event(name, d);
+    }
+    for x in list("expectations") {
+        print_event("expect", &x);
+    }
+    for u in list("undo") {
+        print_event("undo", &u);
+    }
 }
 
 fn print_event(name: &str, d: &Value) {

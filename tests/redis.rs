@@ -88,16 +88,19 @@ async fn slow_redis_is_an_operation_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_auth_and_wrong_password() {
     let redis = RedisServer::start_with(&["--requirepass", "s3cret"]);
-    let good = TestService::start(redis.port, &["--redis-password", "s3cret"]).await;
+    // Generous timeouts: on a loaded machine a slow answer must not pass for an auth failure.
+    let slow = ["--redis-socket-timeout", "10", "--redis-socket-connect-timeout", "10"];
+    let with = |extra: &'static [&'static str]| [&slow[..], extra].concat();
+    let good = TestService::start(redis.port, &with(&["--redis-password", "s3cret"])).await;
     assert_eq!(get(&good.url("/")).await.0, 200);
     assert_eq!(get(&good.url("/health")).await.0, 200);
 
-    let bad = TestService::start(redis.port, &["--redis-password", "wrong"]).await;
+    let bad = TestService::start(redis.port, &with(&["--redis-password", "wrong"])).await;
     let (status, body) = get(&bad.url("/")).await;
     assert_eq!(status, 503);
     assert_envelope(&body, "Service Unavailable", "Redis authentication failed: ");
 
-    let none = TestService::start(redis.port, &[]).await;
+    let none = TestService::start(redis.port, &with(&[])).await;
     let (status, body) = get(&none.url("/")).await;
     assert_eq!(status, 503);
     assert_envelope(&body, "Service Unavailable", "Redis authentication failed: ");

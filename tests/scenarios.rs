@@ -417,3 +417,20 @@ async fn auth_matrix() {
     assert_envelope(&body, "Forbidden", "CHAOS_API_TOKEN");
     assert_eq!(post(&open.url("/chaos/redis-reset"), "").await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shipped_scenario_passes_on_a_healthy_service() {
+    let redis = RedisServer::start();
+    let svc = service(&redis, &[]).await;
+    let cases = [
+        ("cpu-pressure", json!({"level": "low", "seconds": 2, "samples": 2})),
+        ("hang-and-recover", json!({"hang_s": 1, "recover_timeout_s": 10})),
+        ("flaky-redis", json!({"rounds": 2, "latency_ms": 50, "requests": 2, "pause_s": 0.2, "recover_timeout_s": 10})),
+    ];
+    for (name, params) in cases {
+        let r = run_and_wait(&svc, json!({"scenario": name, "params": params})).await;
+        assert_eq!(r["status"], "succeeded", "{name}: {r:#}");
+        assert!(!r["measurements"].as_object().unwrap().is_empty(), "{name} recorded nothing");
+        assert_nothing_broken(&svc).await;
+    }
+}

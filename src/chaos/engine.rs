@@ -333,7 +333,13 @@ fn coerce_param(name: &str, given: &Value, default: &Dynamic) -> Result<Dynamic,
     let bad =
         |want: &str| format!("parameter '{name}' must be {want} (the script's default is {default}), got {given}");
     if default.is_int() {
-        given.as_i64().or_else(|| text.trim().parse().ok()).map(Dynamic::from_int).ok_or_else(|| bad("an integer"))
+        // A fractional number where the default is whole is still a number: keep it as given.
+        given
+            .as_i64()
+            .or_else(|| text.trim().parse().ok())
+            .map(Dynamic::from_int)
+            .or_else(|| given.as_f64().or_else(|| text.trim().parse().ok()).map(Dynamic::from_float))
+            .ok_or_else(|| bad("a number"))
     } else if default.is_float() {
         given.as_f64().or_else(|| text.trim().parse().ok()).map(Dynamic::from_float).ok_or_else(|| bad("a number"))
     } else if default.is_bool() {
@@ -765,4 +771,29 @@ fn script_error(e: &EvalAltResult) -> ScriptError {
         }
     };
     ScriptError { message, line: pos.line(), column: pos.position() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_take_the_type_of_their_default() {
+        let d = |v: Value, default: Dynamic| coerce_param("p", &v, &default);
+        assert_eq!(d(json!("5"), Dynamic::from_int(1)).unwrap().as_int().unwrap(), 5);
+        assert_eq!(d(json!(0.5), Dynamic::from_int(1)).unwrap().as_float().unwrap(), 0.5);
+        assert_eq!(d(json!("2.5"), Dynamic::from_float(1.0)).unwrap().as_float().unwrap(), 2.5);
+        assert!(d(json!("true"), Dynamic::FALSE).unwrap().as_bool().unwrap());
+        assert_eq!(d(json!(7), Dynamic::from("x")).unwrap().into_string().unwrap(), "7");
+        let e = d(json!("five"), Dynamic::from_int(1)).unwrap_err();
+        assert!(e.contains("parameter 'p' must be a number"), "{e}");
+    }
+
+    #[test]
+    fn compile_errors_have_positions_and_size_is_capped() {
+        let e = compile("let x = 1;\nlet = 2;").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        let e = compile(&"x".repeat(MAX_SCRIPT_BYTES + 1)).unwrap_err();
+        assert!(e.message.contains("the limit is 65536 bytes"));
+    }
 }
