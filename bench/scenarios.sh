@@ -22,47 +22,17 @@ N=${N:-200} DURATION=${DURATION:-5} PACE_MS=${PACE_MS:-10}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=$(mktemp -d)
 REDIS_PID='' SVC_PID='' WRK_PID=''
-
-die() { echo "error: $*" >&2; exit 1; }
-
-stop_pid() { # stop_pid PID: SIGTERM, then SIGKILL after 5 s
-    local pid=$1 i
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in {1..50}; do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() { stop_pid "$WRK_PID"; stop_pid "$SVC_PID"; stop_pid "$REDIS_PID"; rm -rf "$WORK"; }
-trap cleanup EXIT
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'cleanup "$WORK" WRK_PID SVC_PID REDIS_PID' EXIT
 
 # --- tools -------------------------------------------------------------------------------------
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server redis-tools)
-command -v curl >/dev/null || missing+=(curl)
-command -v python3 >/dev/null || missing+=(python3)
-if ((${#missing[@]})); then
-    SUDO=''; [[ $(id -u) -eq 0 ]] || SUDO=sudo
-    echo "installing: ${missing[*]}"
-    $SUDO apt-get update
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
-fi
+need_tools wrk redis-server redis-cli curl python3
 
 # --- binary ------------------------------------------------------------------------------------
-if [[ -n ${CHAOS_LAB_BIN:-} ]]; then BIN=$CHAOS_LAB_BIN
-else (cd "$ROOT" && cargo build --release --bin chaos-lab); BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/chaos-lab; fi
-[[ -x $BIN ]] || die "no executable at $BIN"
+find_bin "$ROOT"
 
 # --- helpers -----------------------------------------------------------------------------------
-free_port() { # a loopback port nobody answers on
-    local p i; for i in {1..100}; do
-        p=$((20000 + RANDOM % 40000)); (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-    done; die "no free loopback port found"; }
-to_ms() { # wrk time (850.00us, 1.20ms, 2.00s, 1.00m) -> ms
-    awk -v t="$1" 'BEGIN { v = t + 0; if (t ~ /us$/) v /= 1000; else if (t ~ /ms$/) v *= 1
-        else if (t ~ /s$/) v *= 1000; else if (t ~ /m$/) v *= 60000; printf "%.2f", v }'; }
-verdict() { awk "BEGIN { print (($1) ? \"PASS\" : \"FAIL\") }"; } # verdict 'awk condition'
 # The measuring client: python3, stdlib only. Results go to $WORK/results as NAME=value lines.
 cat >"$WORK/probe.py" <<'PY'
 import http.client, json, os, sys, threading, time
@@ -96,7 +66,7 @@ def start(script):  # POST /chaos/run (JSON, no wait); retried on 409 while the 
 step = lambda r, name: next((s for s in r['steps'] if s['name'] == name and s['ended_at']), None)
 class Prober:  # GET / back to back; while one is stuck, another starts every PACE (<= 32 at once)
     def __init__(s):
-        s.log, s.cv, s.busy, s.last, s.stop = [], threading.Condition(), 0, 0.0, False; s.t = threading.Thread(target=s.loop); s.t.start()
+        s.log, s.cv, s.busy, s.last, s.stop = [], threading.Condition(), 0, 0.0, False; s.t = threading.Thread(target=s.loop, daemon=True); s.t.start()
     def one(s):
         t, st = time.time(), 0
         try:
@@ -117,7 +87,7 @@ if MODE == 'first-step':
     off, cli, busy = [], [], 0
     for _ in range(int(ARG)):
         st, r = req('POST', '/chaos/run?wait=true', 'sleep(0);', 'text/plain')
-        if st != 202 or not r['steps']: fail(f'POST /chaos/run?wait=true: {st} {r}')
+        if st not in (200, 202) or not r['steps']: fail(f'POST /chaos/run?wait=true: {st} {r}')
         off.append(r['steps'][0]['offset_s'])
     for _ in range(int(ARG)):
         t0, rid, b = start('sleep(0);'); busy += b
@@ -147,6 +117,8 @@ elif MODE in ('block-reset', 'clear'):
         out(F2_SENT=ms(bad[0][0] - t_end), F2_RECV=ms(rx - t_end), F2_OK_AFTER=len(post) - len(bad),
             F2_POST=len(post), F2_TOOK=ms(bad[0][1] - bad[0][0]))
     else:
+        fly = [e for e in pre if e[1] >= t_end]
+        print(f'   in flight at the clear: {len(fly)} ({codes(fly)}), answered within {ms(max([e[1] - t_end for e in fly] or [0]))} ms of it')
         ok = sorted((e for e in log if e[1] >= t_end and e[2] == 200), key=lambda e: e[1])
         if not ok: fail('no GET / answered 200 within 10 s of the clear')
         out(F3_RECV=ms(ok[0][1] - t_end), F3_SENT=ms(ok[0][0] - t_end))
@@ -154,7 +126,7 @@ elif MODE == 'runaway':  # back to back for ARG seconds, each with ?wait=true
     end, durs, stopped, other = time.time() + ARG, [], 0, []
     while time.time() < end:
         st, r = req('POST', '/chaos/run?wait=true', 'let x = 0; loop { x += 1; }', 'text/plain')
-        if st != 202: fail(f'runaway run: {st} {r}')
+        if st not in (200, 202): fail(f'runaway run: {st} {r}')
         durs.append(r['duration_s']); msg = json.dumps(r.get('error'))
         if r['status'] == 'failed' and 'operation' in msg.lower(): stopped += 1
         else: other.append(f'{r["status"]}: {msg}')
@@ -168,27 +140,10 @@ get_root_200() { # wait up to ~15 s for GET / to answer 200
     die "GET / does not answer 200"; }
 
 # --- start redis and the service ---------------------------------------------------------------
-REDIS_PORT=$(free_port)
-redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
-    --daemonize no --logfile "$WORK/redis.log" &
-REDIS_PID=$!
-for i in {1..50}; do redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null || die "redis-server did not start: $(cat "$WORK/redis.log")"
-
-APP_PORT=$(free_port)
-URL=http://127.0.0.1:$APP_PORT
+start_redis
 mkdir -p "$WORK/runs" "$WORK/scenarios"
-APP_HOST=127.0.0.1 APP_PORT=$APP_PORT REDIS_ENABLED=true REDIS_SSL=false REDIS_HOST=127.0.0.1 \
-    REDIS_PORT=$REDIS_PORT LOG_LEVEL=warn RUNS_DIR="$WORK/runs" SCENARIOS_DIR="$WORK/scenarios" \
-    MAX_CONCURRENT_RUNS=1 REDIS_MAX_RETRIES=0 REDIS_SOCKET_TIMEOUT=1 REDIS_SOCKET_CONNECT_TIMEOUT=1 \
-    HEALTH_CACHE_TTL_SECONDS=0 "$BIN" 2>"$WORK/service.log" &
-SVC_PID=$!
-for i in {1..100}; do
-    curl -fsS --max-time 1 "$URL/healthz" >/dev/null 2>&1 && break
-    kill -0 "$SVC_PID" 2>/dev/null || die "service exited: $(cat "$WORK/service.log")"
-    sleep 0.1
-done
-curl -fsS --max-time 1 "$URL/healthz" >/dev/null || die "service did not answer /healthz"
+start_service RUNS_DIR="$WORK/runs" SCENARIOS_DIR="$WORK/scenarios" MAX_CONCURRENT_RUNS=1 REDIS_MAX_RETRIES=0 \
+    REDIS_SOCKET_TIMEOUT=1 REDIS_SOCKET_CONNECT_TIMEOUT=1 HEALTH_CACHE_TTL_SECONDS=0
 echo "service pid $SVC_PID on $URL, redis on 127.0.0.1:$REDIS_PORT, binary $BIN"
 get_root_200
 
@@ -197,7 +152,7 @@ echo; echo "1. POST /chaos/run -> first step started, 'sleep(0);' x $N each way"
 probe first-step "$N"
 F1_OK=$(verdict "$CLI_P99 < 10"); F1_OFF_OK=$(verdict "$OFF_P99 < 10")
 printf '   client (started_at - POST sent): p50 %s  p99 %s  max %s ms   (target p99 < 10)  %s\n' "$CLI_P50" "$CLI_P99" "$CLI_MAX" "$F1_OK"
-printf '   report steps[0].offset_s:        p50 %s  p99 %s  max %s ms   (target p99 < 10)  %s\n' "$OFF_P50" "$OFF_P99" "$OFF_MAX" "$F1_OFF_OK"
+printf '   report steps[0].offset_s:        p50 %s  p99 %s  max %s ms   (target p99 < 10)  %s  (1 ms resolution)\n' "$OFF_P50" "$OFF_P99" "$OFF_MAX" "$F1_OFF_OK"
 echo "   409 answers to a POST right after the previous run was reported ended: $F1_BUSY"
 
 # --- 2. block + reset -> errors ----------------------------------------------------------------
@@ -223,8 +178,7 @@ wrk -t1 -c4 -d"${DURATION}s" --latency "$URL/health" >"$WORK/wrk.txt" &
 WRK_PID=$!
 probe runaway "$DURATION"
 wait "$WRK_PID" || die "wrk failed"; WRK_PID=''
-F4_P99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$WORK/wrk.txt")"); F4_RPS=$(awk '/^Requests\/sec:/ {print $2}' "$WORK/wrk.txt")
-F4_ERR=$(awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$WORK/wrk.txt")
+F4_P99=$(wrk_field "$WORK/wrk.txt" p99); F4_RPS=$(wrk_field "$WORK/wrk.txt" rps); F4_ERR=$(wrk_field "$WORK/wrk.txt" errors)
 [[ -n $F4_RPS ]] || die "cannot parse wrk output: $(cat "$WORK/wrk.txt")"
 F4_OK=$(verdict "$F4_P99 < 50")
 printf '   /health p99 %s ms, %.0f req/s, %s errors   (target p99 < 50)  %s\n' "$F4_P99" "$F4_RPS" "$F4_ERR" "$F4_OK"

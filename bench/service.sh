@@ -27,61 +27,19 @@ THREADS=${THREADS:-2}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=$(mktemp -d)
 REDIS_PID='' SVC_PID='' LOAD_WRK_PID=''
-
-die() { echo "error: $*" >&2; exit 1; }
-
-stop_pid() { # stop_pid PID: SIGTERM, then SIGKILL after 5 s
-    local pid=$1 i
-    [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in {1..50}; do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    stop_pid "$LOAD_WRK_PID"; stop_pid "$SVC_PID"; stop_pid "$REDIS_PID"
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+trap 'cleanup "$WORK" LOAD_WRK_PID SVC_PID REDIS_PID' EXIT
 
 # --- tools -------------------------------------------------------------------------------------
-missing=()
-command -v wrk >/dev/null || missing+=(wrk)
-command -v redis-server >/dev/null && command -v redis-cli >/dev/null || missing+=(redis-server redis-tools)
-command -v curl >/dev/null || missing+=(curl)
-if ((${#missing[@]})); then
-    SUDO=''; [[ $(id -u) -eq 0 ]] || SUDO=sudo
-    echo "installing: ${missing[*]}"
-    $SUDO apt-get update
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y "${missing[@]}"
-fi
+need_tools wrk redis-server redis-cli curl
 
 # --- binary ------------------------------------------------------------------------------------
-if [[ -n ${CHAOS_LAB_BIN:-} ]]; then
-    BIN=$CHAOS_LAB_BIN
-else
-    (cd "$ROOT" && cargo build --release --bin chaos-lab)
-    BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/chaos-lab
-fi
-[[ -x $BIN ]] || die "no executable at $BIN"
+find_bin "$ROOT"
 
 # --- helpers -----------------------------------------------------------------------------------
-free_port() { # a loopback port nobody answers on
-    local p i
-    for i in {1..100}; do
-        p=$((20000 + RANDOM % 40000))
-        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
-    done
-    die "no free loopback port found"
-}
 rss_mib() { awk '/^VmRSS:/ {printf "%.1f", $2/1024}' "/proc/$SVC_PID/status"; }
 cpu_ticks() { sed 's/.*) //' "/proc/$SVC_PID/stat" | awk '{print $12 + $13}'; } # utime+stime
-to_ms() { # wrk time (850.00us, 1.20ms, 2.00s, 1.00m) -> ms
-    awk -v t="$1" 'BEGIN { v = t + 0
-        if (t ~ /us$/) v /= 1000; else if (t ~ /ms$/) v *= 1; else if (t ~ /s$/) v *= 1000
-        else if (t ~ /m$/) v *= 60000; else if (t ~ /h$/) v *= 3600000
-        printf "%.2f", v }'
-}
 avail_cpus() { # CPU quota of this cgroup (v2, else v1), capped by the CPUs we may run on
     local n q p; n=$(nproc)
     if [[ -r /sys/fs/cgroup/cpu.max ]]; then read -r q p </sys/fs/cgroup/cpu.max
@@ -91,34 +49,10 @@ avail_cpus() { # CPU quota of this cgroup (v2, else v1), capped by the CPUs we m
     else q=max; fi
     if [[ $q == max ]]; then echo "$n"; else awk -v q="$q" -v p="$p" -v n="$n" 'BEGIN { c = q / p; print (c < n ? c : n) }'; fi
 }
-verdict() { awk "BEGIN { print (($1) ? \"PASS\" : \"FAIL\") }"; } # verdict 'awk condition' 
-wrk_field() { # wrk_field FILE rps|p99|errors
-    case $2 in
-        rps) awk '/^Requests\/sec:/ {print $2}' "$1" ;;
-        p99) to_ms "$(awk '$1 == "99%" {print $2}' "$1")" ;;
-        errors) awk '/Non-2xx/ {n += $NF} /Socket errors/ {gsub(/,/, ""); n += $4 + $6 + $8 + $10} END {print n + 0}' "$1" ;;
-    esac
-}
 
 # --- start redis and the service ---------------------------------------------------------------
-REDIS_PORT=$(free_port)
-redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
-    --daemonize no --logfile "$WORK/redis.log" &
-REDIS_PID=$!
-for i in {1..50}; do redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null || die "redis-server did not start: $(cat "$WORK/redis.log")"
-
-APP_PORT=$(free_port)
-URL=http://127.0.0.1:$APP_PORT
-APP_HOST=127.0.0.1 APP_PORT=$APP_PORT REDIS_ENABLED=true REDIS_SSL=false REDIS_HOST=127.0.0.1 \
-    REDIS_PORT=$REDIS_PORT LOG_LEVEL=warn "$BIN" 2>"$WORK/service.log" &
-SVC_PID=$!
-for i in {1..100}; do
-    curl -fsS --max-time 1 "$URL/healthz" >/dev/null 2>&1 && break
-    kill -0 "$SVC_PID" 2>/dev/null || die "service exited: $(cat "$WORK/service.log")"
-    sleep 0.1
-done
-curl -fsS --max-time 1 "$URL/healthz" >/dev/null || die "service did not answer /healthz"
+start_redis
+start_service
 echo "service pid $SVC_PID on $URL, redis on 127.0.0.1:$REDIS_PORT, binary $BIN"
 
 # --- 1. idle RSS after warm-up -----------------------------------------------------------------

@@ -470,7 +470,11 @@ fn breaks_connection(e: &RedisError) -> bool {
 }
 
 fn is_auth(e: &RedisError) -> bool {
-    e.kind() == redis::ErrorKind::AuthenticationFailed || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+    const CODES: [&str; 3] = ["NOAUTH", "WRONGPASS", "NOPERM"];
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || e.code().is_some_and(|c| CODES.contains(&c))
+        // A pipeline reports its commands' errors inside one aggregate error, without a code.
+        || CODES.iter().any(|c| e.to_string().contains(c))
 }
 
 /// Maps a client error to the lab's error matrix.

@@ -121,7 +121,9 @@ async fn sigterm_during_a_permanent_hang_and_a_load_exits_within_seconds() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stalled_url = format!("{url}/");
     let stalled = tokio::spawn(async move { get(&stalled_url).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Long enough for the request to be accepted even on a loaded machine: a connection still in
+    // the listen backlog when shutdown starts would be refused, not drained.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(!stalled.is_finished(), "GET / should be stalled by the app hang");
 
     let pid = child.id().to_string();

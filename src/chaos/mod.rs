@@ -147,11 +147,14 @@ impl Runs {
 
         let run = {
             let mut active = self.active.lock().unwrap();
-            if active.len() >= self.max_concurrent {
-                let ids: Vec<&String> = active.keys().collect();
+            // A run whose report already says it ended is only writing its journal: it does not
+            // hold a slot (a client that saw it end may start the next one at once).
+            let ids: Vec<&String> =
+                active.values().filter(|r| r.update(|r| r.status == RunStatus::Running)).map(|r| &r.id).collect();
+            if ids.len() >= self.max_concurrent {
                 return Err(RunError::Busy(format!(
                     "{} run(s) already in progress ({ids:?}); MAX_CONCURRENT_RUNS is {}",
-                    active.len(),
+                    ids.len(),
                     self.max_concurrent
                 )));
             }
@@ -263,7 +266,7 @@ impl Runs {
                 Ok(run)
             }
             None => match self.report(id) {
-                Ok(r) => Err(RunError::Busy(format!("run '{id}' already ended ({:?})", r.status))),
+                Ok(r) => Err(RunError::Busy(format!("run '{id}' already ended ({})", json_name(&r.status)))),
                 Err(e) => Err(e),
             },
         }
@@ -295,7 +298,12 @@ impl Runs {
     }
 }
 
-/// Time-ordered, readable and unique: `20261122T174300Z-1a2b3c`.
+/// The name a value has in the API (e.g. `timed_out`).
+fn json_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// Time-ordered (milliseconds), readable and unique: `20261122T174300123Z-1a2b3c`.
 fn new_run_id() -> String {
     let now = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ").to_string().replace('.', "");
     format!("{now}-{:06x}", fastrand::u32(..0x100_0000))

@@ -138,7 +138,8 @@ pub fn router(state: AppState) -> Router {
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
-            .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            // Failures are logged once, by the envelope middleware, with their detail.
+            .layer(TraceLayer::new_for_http().on_failure(()).make_span_with(|req: &Request| {
                 let id = req
                     .extensions()
                     .get::<RequestId>()
@@ -179,7 +180,7 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
                         .into_response();
                 }
             }
-            None if path == "/chaos/run" && !state.config.app_host.is_loopback() => {
+            None if req.method() == Method::POST && path == "/chaos/run" && !state.config.app_host.is_loopback() => {
                 return ApiError::Forbidden(
                     "script execution is off: the service listens on a non-loopback address without \
                      CHAOS_API_TOKEN; set CHAOS_API_TOKEN to enable POST /chaos/run",

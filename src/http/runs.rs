@@ -50,25 +50,45 @@ struct RunBody {
 
 #[derive(Deserialize, Default)]
 struct RunQuery {
-    #[serde(default)]
-    wait: bool,
+    wait: Option<String>,
 }
 
-/// The body is the script itself (any non-JSON content type) or a JSON [`RunBody`].
+impl RunQuery {
+    fn wait(&self) -> Result<bool, ApiError> {
+        match self.wait.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("false" | "0" | "no") => Ok(false),
+            Some("" | "true" | "1" | "yes") => Ok(true),
+            Some(other) => Err(ApiError::Unprocessable(format!(
+                "Invalid value for query 'wait': expected true or false, got '{other}'"
+            ))),
+        }
+    }
+}
+
+/// The body is a JSON [`RunBody`] (`application/json`, or any body that is a JSON object unless
+/// sent as `text/plain`), or else the script itself.
 async fn start_run(
     State(state): State<AppState>,
     Query(q): Query<RunQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    let req = if is_json {
+    let wait = q.wait()?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let looks_like_json = !content_type.starts_with("text/plain")
+        && body.trim_ascii_start().starts_with(b"{")
+        && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok();
+    let req = if content_type.starts_with("application/json") || looks_like_json {
         let de = &mut serde_json::Deserializer::from_slice(&body);
-        let b: RunBody = serde_path_to_error::deserialize(de)
-            .map_err(|e| ApiError::Unprocessable(format!("Invalid value for field '{}': {}", e.path(), e.inner())))?;
+        let b: RunBody = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.classify() == serde_json::error::Category::Data && path != "." {
+                ApiError::Unprocessable(format!("Invalid value for field '{path}': {inner}"))
+            } else {
+                ApiError::Unprocessable(format!("Invalid JSON body: {inner}"))
+            }
+        })?;
         RunRequest {
             script: b.script,
             scenario: b.scenario,
@@ -79,10 +99,15 @@ async fn start_run(
     } else {
         let script = String::from_utf8(body.to_vec())
             .map_err(|_| ApiError::Unprocessable("the script must be UTF-8 text".into()))?;
+        if script.trim().is_empty() {
+            return Err(ApiError::Run(RunError::Invalid(
+                "the body is empty: send a Rhai script (text/plain) or JSON with 'script' or 'scenario'".into(),
+            )));
+        }
         RunRequest { script: Some(script), ..RunRequest::default() }
     };
     let run = state.runs.start(req)?;
-    if q.wait {
+    if wait {
         let mut done = run.done.subscribe();
         let _ = done.wait_for(|d| *d).await;
         return Ok(Json(run.snapshot()).into_response());
@@ -162,9 +187,9 @@ async fn cancel_run(State(state): State<AppState>, Path(id): Path<String>) -> Re
 /// The kill switch: cancels every run (each undoes its faults), then ends every built-in fault
 /// and clears every network fault, whoever applied it.
 async fn kill_switch(State(state): State<AppState>) -> Json<Value> {
-    let runs = state.runs.stop_all(StopReason::KillSwitch, STOP_GRACE).await;
     let load = state.faults.load.status().active;
     let hang = state.faults.hang.status().active;
+    let runs = state.runs.stop_all(StopReason::KillSwitch, STOP_GRACE).await;
     state.faults.stop_all().await;
     let network = match state.network.clear_all().await {
         Ok(n) => json!(n),
