@@ -9,10 +9,10 @@ die() { echo "error: $*" >&2; exit 1; }
 
 # stop_pid PID: SIGTERM, then SIGKILL after 5 s; nothing when PID is empty or already gone.
 stop_pid() {
-    local pid=$1 i
+    local pid=$1
     [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    for i in {1..50}; do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in {1..50}; do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }
@@ -59,8 +59,8 @@ find_bin() {
 
 # free_port: print a loopback port nobody answers on.
 free_port() {
-    local p i
-    for i in {1..100}; do
+    local p
+    for _ in {1..100}; do
         p=$((20000 + RANDOM % 40000))
         (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
     done
@@ -91,12 +91,12 @@ wrk_field() {
 # start_redis: start a throw-away redis-server (no persistence, log $WORK/redis.log) on a free
 # loopback port and wait up to 5 s for PING; sets REDIS_PORT and REDIS_PID.
 start_redis() {
-    local i
     REDIS_PORT=$(free_port)
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
         --daemonize no --logfile "$WORK/redis.log" &
+    # shellcheck disable=SC2034 # for the caller (its cleanup trap)
     REDIS_PID=$!
-    for i in {1..50}; do redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    for _ in {1..50}; do redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
     redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null || die "redis-server did not start: $(cat "$WORK/redis.log")"
 }
 
@@ -104,13 +104,12 @@ start_redis() {
 # start_redis, LOG_LEVEL=warn, stderr to $WORK/service.log, plus (or overriding) the given
 # environment settings; wait up to ~10 s for GET /healthz. Sets APP_PORT, URL and SVC_PID.
 start_service() {
-    local i
     APP_PORT=$(free_port)
     URL=http://127.0.0.1:$APP_PORT
     env APP_HOST=127.0.0.1 APP_PORT="$APP_PORT" REDIS_ENABLED=true REDIS_SSL=false REDIS_HOST=127.0.0.1 \
         REDIS_PORT="$REDIS_PORT" LOG_LEVEL=warn "$@" "$BIN" 2>"$WORK/service.log" &
     SVC_PID=$!
-    for i in {1..100}; do
+    for _ in {1..100}; do
         curl -fsS --max-time 1 "$URL/healthz" >/dev/null 2>&1 && break
         kill -0 "$SVC_PID" 2>/dev/null || die "service exited: $(cat "$WORK/service.log")"
         sleep 0.1

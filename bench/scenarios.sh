@@ -134,9 +134,10 @@ elif MODE == 'runaway':  # back to back for ARG seconds, each with ?wait=true
     out(F4_RUNS=len(durs), F4_STOPPED=stopped, F4_MED=f'{pct(durs, 50):.3f}', F4_MAX=f'{max(durs):.3f}')
 PY
 export RESULTS=$WORK/results PACE_MS
+# shellcheck source=/dev/null # $RESULTS: NAME=value lines written by probe.py
 probe() { python3 "$WORK/probe.py" "$APP_PORT" "$@" || die "python probe '$1' failed"; source "$RESULTS"; }
 get_root_200() { # wait up to ~15 s for GET / to answer 200
-    local i; for i in {1..150}; do [[ $(curl -s -o /dev/null -m 3 -w '%{http_code}' "$URL/") == 200 ]] && return; sleep 0.1; done
+    for _ in {1..150}; do [[ $(curl -s -o /dev/null -m 3 -w '%{http_code}' "$URL/") == 200 ]] && return; sleep 0.1; done
     die "GET / does not answer 200"; }
 
 # --- start redis and the service ---------------------------------------------------------------

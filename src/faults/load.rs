@@ -184,16 +184,23 @@ fn run_load(level: LoadLevel, ends: Instant, stop: &Arc<AtomicBool>) {
     tracing::info!(level = ?level, "load ended");
 }
 
-/// Busy for `duty` of every period, asleep for the rest.
+/// Busy for `duty` of every period, asleep for the rest. The busy time is accounted against the
+/// wall clock since the start, so a sleep that overshoots (timer slack, wake-up latency) is paid
+/// back in the next period instead of lowering the load.
 fn burn(duty: f64, ends: Instant, stop: &AtomicBool) {
-    let busy = DUTY_PERIOD.mul_f64(duty);
+    let start = Instant::now();
+    let mut busy = Duration::ZERO;
     let mut x: u64 = 1;
     while !stop.load(Ordering::Relaxed) && Instant::now() < ends {
-        let start = Instant::now();
-        while start.elapsed() < busy {
+        // The period we are in (1-based) and the busy time owed by its end.
+        let period = (start.elapsed().as_nanos() / DUTY_PERIOD.as_nanos()) as u32 + 1;
+        let owed = DUTY_PERIOD.mul_f64(duty * f64::from(period));
+        let spun = Instant::now();
+        while busy + spun.elapsed() < owed {
             x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
         }
-        if let Some(rest) = DUTY_PERIOD.checked_sub(start.elapsed()) {
+        busy += spun.elapsed();
+        if let Some(rest) = (start + DUTY_PERIOD * period).checked_duration_since(Instant::now()) {
             std::thread::sleep(rest);
         }
     }
