@@ -169,3 +169,31 @@ async fn forced_reset_cuts_commands_in_flight_and_gentle_reset_waits_for_them() 
 async fn get_owned(url: String) -> (u16, serde_json::Value) {
     get(&url).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_the_local_proxy_in_between() {
+    let (redis, ca) = RedisServer::start_tls();
+    let ca = ca.to_str().unwrap();
+    let tls = [
+        "--redis-ssl",
+        "true",
+        "--redis-host",
+        "localhost",
+        "--redis-socket-timeout",
+        "5",
+        "--redis-socket-connect-timeout",
+        "5",
+    ];
+    let svc = TestService::start(redis.port, &[&tls[..], &["--redis-ca-cert", ca]].concat()).await;
+    let (status, body) = get(&svc.url("/")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(&svc.url("/health")).await.0, 200);
+    // The TLS connection runs through the local fault proxy (TLS still verifies "localhost").
+    assert_eq!(get(&svc.url("/chaos/status")).await.1["network"]["proxy"]["connections"], 1);
+
+    // Without the private CA the certificate is not trusted.
+    let untrusted = TestService::start(redis.port, &[&tls[..], &["--redis-max-retries", "0"]].concat()).await;
+    let (status, body) = get(&untrusted.url("/")).await;
+    assert_eq!(status, 503, "{body}");
+    assert_envelope(&body, "Service Unavailable", "Redis connection failed");
+}

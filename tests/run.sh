@@ -18,6 +18,7 @@ apt_install() {
 }
 
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+command -v openssl >/dev/null 2>&1 || apt_install openssl   # certificates for the Redis TLS test
 command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
 
 jobs="${CARGO_JOBS:-2}"

@@ -33,6 +33,81 @@ impl RedisServer {
         s
     }
 
+    /// A Redis that speaks only TLS, with a certificate for `localhost` signed by a CA made for
+    /// the test; returns the server and the CA's PEM file.
+    pub fn start_tls() -> (Self, std::path::PathBuf) {
+        let dir = temp_dir("tls");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(&dir).output().expect("openssl not found");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=chaos-lab test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "1",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let port = free_port().to_string();
+        let file = |f: &str| dir.join(f).to_string_lossy().into_owned();
+        let extra = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &file("server.pem"),
+            "--tls-key-file",
+            &file("server.key"),
+            "--tls-ca-cert-file",
+            &file("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ];
+        let mut s =
+            Self { port: port.parse().unwrap(), extra: extra.iter().map(|s| s.to_string()).collect(), child: None };
+        s.restart();
+        (s, dir.join("ca.pem"))
+    }
+
     /// A port where no Redis runs yet; `restart()` starts one there.
     pub fn not_started() -> Self {
         Self { port: free_port(), extra: Vec::new(), child: None }
