@@ -72,6 +72,7 @@ pub struct Store {
 
 struct Inner {
     pool: managed::Pool<ConnManager>,
+    socket_timeout: Duration,
     retry: RetryPolicy,
     /// Generation of new connections and the generation below which in-flight commands abort.
     reset: watch::Sender<ResetState>,
@@ -263,6 +264,7 @@ impl Store {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                socket_timeout: cfg.redis_socket_timeout,
                 retry: RetryPolicy {
                     max_retries: cfg.redis_max_retries,
                     base: cfg.redis_backoff_base,
@@ -316,7 +318,9 @@ impl Store {
 
     /// Closes every pooled connection. `force` aborts commands in flight at once; otherwise
     /// they finish first (bounded by the socket timeout). New operations open new connections.
-    pub async fn reset(&self, force: bool, grace: Duration) -> ResetReport {
+    pub async fn reset(&self, force: bool) -> ResetReport {
+        // Commands in flight end within the socket timeout; the rest is for sockets to close.
+        let grace = self.inner.socket_timeout + Duration::from_millis(500);
         let _one_at_a_time = self.inner.reset_lock.lock().await;
         let mut new_generation = 0;
         self.inner.reset.send_modify(|s| {

@@ -43,8 +43,6 @@ pub struct Deps {
     pub self_url: String,
     pub http: reqwest::Client,
     pub handle: tokio::runtime::Handle,
-    /// How long a gentle redis reset waits (the socket timeout).
-    pub reset_grace: Duration,
 }
 
 /// A hardened engine with no script API: used to compile, and as the base of a run's engine.
@@ -469,9 +467,7 @@ fn build(ctx: &Arc<Ctx>) -> Engine {
             if c.dry_run {
                 return Ok((0, "dry run: not applied".into()));
             }
-            let report = c
-                .block(faults::redis_reset(c.deps.store.as_ref(), true, c.deps.reset_grace))?
-                .map_err(|e| e.to_string())?;
+            let report = c.block(faults::redis_reset(c.deps.store.as_ref(), true))?.map_err(|e| e.to_string())?;
             Ok((report.connections_closed as i64, format!("{} connections closed", report.connections_closed)))
         })
     });

@@ -73,13 +73,9 @@ impl Faults {
     }
 }
 
-/// Closes every pooled Redis connection. `force` aborts commands in flight; otherwise they get up
-/// to `grace` to finish.
-pub async fn redis_reset(
-    store: Option<&Store>,
-    force: bool,
-    grace: std::time::Duration,
-) -> Result<ResetReport, FaultError> {
+/// Closes every pooled Redis connection. `force` aborts commands in flight; otherwise they get
+/// the socket timeout to finish.
+pub async fn redis_reset(store: Option<&Store>, force: bool) -> Result<ResetReport, FaultError> {
     let store = store.ok_or(FaultError::Unavailable("Redis client not initialized"))?;
-    Ok(store.reset(force, grace).await)
+    Ok(store.reset(force).await)
 }

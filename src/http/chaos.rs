@@ -85,7 +85,7 @@ async fn redis_reset(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<ResetRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let report = faults::redis_reset(state.store.as_ref(), req.force, state.reset_grace()).await?;
+    let report = faults::redis_reset(state.store.as_ref(), req.force).await?;
     Ok(Json(json!({
         "status": "redis_connections_reset",
         "connections_closed": report.connections_closed,

@@ -89,7 +89,6 @@ impl AppState {
             self_url: format!("http://{}", SocketAddr::new(self_ip, addr.port())),
             http: reqwest::Client::builder().build().context("cannot build the HTTP client")?,
             handle: tokio::runtime::Handle::current(),
-            reset_grace: config.redis.redis_socket_timeout + Duration::from_millis(500),
         });
         let catalog = Catalog::load(config.chaos.scenarios_dir.clone());
         catalog.watch();
@@ -105,11 +104,6 @@ impl AppState {
             runs: Arc::new(runs),
             health: Arc::new(app::HealthCache::new(ttl)),
         })
-    }
-
-    /// How long a non-forced redis-reset waits for commands in flight.
-    pub fn reset_grace(&self) -> Duration {
-        self.config.redis.redis_socket_timeout + Duration::from_millis(500)
     }
 
     /// Ends runs (each undoing its faults), then every fault: what SIGTERM triggers.
