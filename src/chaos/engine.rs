@@ -652,7 +652,11 @@ pub fn execute(run: Arc<RunShared>, deps: Arc<Deps>, ast: AST, params: serde_jso
         dry_network: RecordingBackend::default(),
     });
     let engine = build(&ctx);
-    let outcome = engine.eval_ast::<Dynamic>(&ast);
+    // A panic in a script function must not skip the undo below.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.eval_ast::<Dynamic>(&ast)))
+        .unwrap_or_else(|_| {
+            Err(EvalAltResult::ErrorRuntime("internal error: a script function panicked".into(), Position::NONE).into())
+        });
 
     // Undo, newest first, whatever happened above.
     ctx.undoing.store(true, Ordering::SeqCst);

@@ -203,7 +203,18 @@ impl Runs {
         let deps = self.deps.clone();
         let dry_run = req.dry_run;
         tokio::task::spawn_blocking(move || {
-            engine::execute(thread_run.clone(), deps, ast, params, dry_run);
+            let run = thread_run.clone();
+            let executed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                engine::execute(run, deps, ast, params, dry_run);
+            }));
+            if executed.is_err() {
+                // Never leave a run "running" (and its slot taken) because of a bug.
+                thread_run.update(|r| {
+                    r.status = RunStatus::Failed;
+                    r.verdict = Some("fail".into());
+                    r.reason = Some("internal error while ending the run; check the service log".into());
+                });
+            }
             this.finish(&thread_run);
         });
         Ok(run)
