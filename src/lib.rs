@@ -8,6 +8,7 @@
 //! - [`chaos`]: the scenario engine: Rhai runs, the scenario catalog, journals, undo.
 //! - [`http`]: routes, extractors, the error envelope; `http` → `chaos` → `faults` → `store`.
 //! - [`cli`]: the `check` and `run` subcommands of the binary.
+//! - [`telemetry`]: metrics with the original lab's names, also served at `GET /metrics`.
 //! - [`serve`]: runs the API on a bound listener until a shutdown future resolves.
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod faults;
 pub mod http;
 pub mod store;
+pub mod telemetry;
 
 use std::future::Future;
 use std::time::Duration;

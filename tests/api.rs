@@ -159,6 +159,7 @@ async fn openapi_describes_every_route_and_docs_render_it() {
         ("get", "/chaos/status"),
         ("get", "/openapi.json"),
         ("get", "/docs"),
+        ("get", "/metrics"),
         ("post", "/chaos/stop"),
         ("post", "/chaos/run"),
         ("get", "/chaos/runs"),

@@ -227,6 +227,9 @@ impl Runs {
             *s = report.summary();
         }
         self.active.lock().unwrap().remove(&run.id);
+        let status = json_name(&report.status);
+        crate::telemetry::metrics().chaos_runs.add(1, &[opentelemetry::KeyValue::new("status", status)]);
+        crate::telemetry::operation_ended("run", report.duration_s.unwrap_or_default());
         tracing::info!(run_id = %run.id, status = ?report.status, verdict = ?report.verdict, "run ended");
         run.emit(
             "run_finished",

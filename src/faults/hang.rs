@@ -42,6 +42,7 @@ struct State {
     scope: Option<HangScope>,
     /// `None` while active means "until restart".
     ends: Option<Instant>,
+    started: Option<Instant>,
     last_end: Option<HangEnd>,
 }
 
@@ -116,7 +117,14 @@ impl HangController {
             }
             s.id += 1;
             id = s.id;
-            *s = State { id, active: true, scope: Some(scope), ends: duration.map(|d| started + d), last_end: None };
+            *s = State {
+                id,
+                active: true,
+                scope: Some(scope),
+                ends: duration.map(|d| started + d),
+                started: Some(started),
+                last_end: None,
+            };
             true
         });
         if refused {
@@ -187,6 +195,9 @@ fn end(state: &watch::Sender<State>, id: u64, how: HangEnd) -> bool {
     });
     if ended {
         tracing::warn!(?how, "hang ended");
+        if let Some(started) = state.borrow().started {
+            crate::telemetry::operation_ended("hang", started.elapsed().as_secs_f64());
+        }
     }
     ended
 }

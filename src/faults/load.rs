@@ -163,6 +163,7 @@ pub fn ceil_secs(left: Duration) -> u64 {
 
 /// Holds the load until `ends` or until `stop` is set. Runs on its own thread.
 fn run_load(level: LoadLevel, ends: Instant, stop: &Arc<AtomicBool>) {
+    let started = Instant::now();
     let (threads, duty) = cpu::plan(level.cpu_fraction(), cpu::available_cpus());
     let burners: Vec<_> = (0..threads)
         .filter_map(|i| {
@@ -181,6 +182,7 @@ fn run_load(level: LoadLevel, ends: Instant, stop: &Arc<AtomicBool>) {
         let _ = b.join();
     }
     drop(memory); // large blocks are mmap-backed: freeing returns them to the OS at once
+    crate::telemetry::operation_ended("load", started.elapsed().as_secs_f64());
     tracing::info!(level = ?level, "load ended");
 }
 

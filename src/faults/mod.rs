@@ -77,5 +77,7 @@ impl Faults {
 /// the socket timeout to finish.
 pub async fn redis_reset(store: Option<&Store>, force: bool) -> Result<ResetReport, FaultError> {
     let store = store.ok_or(FaultError::Unavailable("Redis client not initialized"))?;
-    Ok(store.reset(force).await)
+    let report = store.reset(force).await;
+    crate::telemetry::metrics().redis_reset.add(1, &[]);
+    Ok(report)
 }

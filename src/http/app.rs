@@ -92,6 +92,9 @@ impl HealthCache {
             return c; // someone else refreshed while we waited
         }
         let result = store.ping().await.map_err(|e| e.to_string());
+        if let Ok(latency) = &result {
+            crate::telemetry::metrics().redis_connection_latency_ms.record(latency.as_secs_f64() * 1000.0, &[]);
+        }
         let check = HealthCheck { result, at: Instant::now() };
         *self.last.write().unwrap() = Some(check.clone());
         check

@@ -6,6 +6,7 @@ mod app;
 mod chaos;
 mod docs;
 pub mod error;
+mod metrics;
 mod runs;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -123,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .merge(chaos::router())
         .merge(docs::router())
         .merge(runs::router())
+        .merge(metrics::router())
         .layer(middleware::from_fn_with_state(state.clone(), hang_gate))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);

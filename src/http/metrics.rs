@@ -1,0 +1,45 @@
+//! `GET /metrics`: every metric in the Prometheus text format. Gauges of current state are
+//! sampled here, at scrape time, from the same sources `/chaos/status` reads.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use opentelemetry::KeyValue;
+
+use super::AppState;
+use crate::faults::network::NetworkFaultKind;
+use crate::store::LinkState;
+use crate::telemetry;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(scrape))
+}
+
+async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
+    sample_gauges(&state);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], telemetry::prometheus_text())
+}
+
+/// Sets the gauges that describe the state right now.
+pub fn sample_gauges(state: &AppState) {
+    let m = telemetry::metrics();
+    let (up, count) = match &state.store {
+        Some(s) => (s.link() == LinkState::Up, s.connection_count()),
+        None => (false, 0),
+    };
+    m.redis_connection_status.record(u64::from(up), &[]);
+    m.redis_connection_count.record(count as u64, &[]);
+    let faults = state.network.faults();
+    let active = [
+        ("load", state.faults.load.status().active),
+        ("hang", state.faults.hang.status().active),
+        ("network_block", faults.iter().any(|f| f.kind == NetworkFaultKind::Block)),
+        ("network_latency", faults.iter().any(|f| f.kind == NetworkFaultKind::Latency)),
+        ("run", state.runs.active_count() > 0),
+    ];
+    for (operation, on) in active {
+        m.chaos_operation_active.record(u64::from(on), &[KeyValue::new("operation", operation)]);
+    }
+}
