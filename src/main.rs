@@ -3,7 +3,6 @@
 
 use anyhow::Context;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use chaos_lab::AppState;
 use chaos_lab::config::{Cli, LogFormat};
@@ -19,7 +18,8 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
-    init_logging(&config.log_level, config.log_format);
+    let telemetry = chaos_lab::telemetry::init(&config.log_level, config.log_format == LogFormat::Json)
+        .context("cannot set up telemetry")?;
 
     if !config.redis.redis_enabled {
         tracing::warn!("REDIS_ENABLED=false: GET / answers without Redis");
@@ -39,17 +39,9 @@ async fn main() -> anyhow::Result<()> {
     );
     chaos_lab::serve(listener, state, shutdown_signal()).await?;
     tracing::info!("stopped");
+    // Flushing exports blocks (HTTP): do it off the runtime.
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
     Ok(())
-}
-
-fn init_logging(level: &str, format: LogFormat) {
-    let filter = EnvFilter::new(level);
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
-        LogFormat::Text => builder.init(),
-    }
 }
 
 async fn shutdown_signal() {

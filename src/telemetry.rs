@@ -1,10 +1,14 @@
-//! Metrics: OpenTelemetry instruments with the original lab's names, recorded where things
-//! happen and read by a Prometheus exporter for `GET /metrics`.
+//! Telemetry: logs (text or JSON), and OpenTelemetry traces, metrics and logs exported over
+//! OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Metrics keep the original lab's names and
+//! are also read by a Prometheus exporter for `GET /metrics`.
 //!
 //! One meter provider per process (installed as the global provider), so every module records
 //! through [`metrics()`] without threading a handle around. Gauges that describe current state
-//! (Redis link, open connections, active faults) are set by their owner when scraped
-//! (`http::metrics`), not on every change.
+//! (Redis link, open connections, active faults) are set when scraped (`http::metrics`) and
+//! before each OTLP export.
+//!
+//! Exporters run on their own threads with blocking HTTP clients, so an export never holds up a
+//! request; [`Guard::shutdown`] flushes them.
 
 use std::sync::OnceLock;
 
@@ -39,7 +43,11 @@ struct Telemetry {
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
 
 fn telemetry() -> &'static Telemetry {
-    TELEMETRY.get_or_init(|| {
+    TELEMETRY.get_or_init(|| build_metrics(None))
+}
+
+fn build_metrics(otlp: Option<opentelemetry_otlp::MetricExporter>) -> Telemetry {
+    {
         let registry = prometheus::Registry::new();
         // Names stay exactly as the original lab had them: no unit suffix, no scope labels.
         let exporter = opentelemetry_prometheus::exporter()
@@ -49,7 +57,11 @@ fn telemetry() -> &'static Telemetry {
             .scope_info_enabled(false)
             .build()
             .expect("the Prometheus exporter builds with a fresh registry");
-        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let mut builder = SdkMeterProvider::builder().with_reader(exporter).with_resource(resource());
+        if let Some(otlp) = otlp {
+            builder = builder.with_periodic_exporter(otlp);
+        }
+        let provider = builder.build();
         opentelemetry::global::set_meter_provider(provider.clone());
         let meter = provider.meter("chaos-lab");
         let metrics = Metrics {
@@ -90,7 +102,7 @@ fn telemetry() -> &'static Telemetry {
                 .build(),
         };
         Telemetry { registry, _provider: provider, metrics }
-    })
+    }
 }
 
 /// The process's instruments.
@@ -112,4 +124,88 @@ pub fn prometheus_text() -> String {
         tracing::error!(error = %e, "cannot encode metrics");
     }
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// Service name `chaos-lab` unless `OTEL_SERVICE_NAME` says otherwise; `OTEL_RESOURCE_ATTRIBUTES`
+/// is read by the SDK's own detectors.
+fn resource() -> opentelemetry_sdk::Resource {
+    let builder = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_some() { builder.build() } else { builder.with_service_name("chaos-lab").build() }
+}
+
+/// Flushes and stops the exporters at shutdown.
+pub struct Guard {
+    tracer: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    logger: Option<opentelemetry_sdk::logs::SdkLoggerProvider>,
+}
+
+impl Guard {
+    /// Exports what is still buffered. Blocking: call off the async runtime.
+    pub fn shutdown(self) {
+        if let Some(t) = self.tracer {
+            let _ = t.shutdown();
+        }
+        if let Some(l) = self.logger {
+            let _ = l.shutdown();
+        }
+        if let Some(t) = TELEMETRY.get() {
+            let _ = t._provider.shutdown();
+        }
+    }
+}
+
+/// Sets up logging (per-layer filters, so `LOG_LEVEL` never starves the exporters) and, when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OTLP export of traces, metrics and logs. The standard
+/// `OTEL_*` variables (protocol, service name, resource attributes, sampler, batch and export
+/// intervals) are read by the OpenTelemetry SDK itself.
+pub fn init(level: &str, json: bool) -> anyhow::Result<Guard> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, Layer as _};
+
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let fmt = if json {
+        fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed()
+    } else {
+        fmt.boxed()
+    };
+    let fmt = fmt.with_filter(EnvFilter::new(level));
+
+    let otlp = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.trim().is_empty());
+    if !otlp {
+        tracing_subscriber::registry().with(fmt).try_init()?;
+        return Ok(Guard { tracer: None, logger: None });
+    }
+
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithHttpConfig as _;
+    // The exporters' threads use a blocking client; it must be created off the async runtime.
+    let client = std::thread::spawn(|| reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(10)).build())
+        .join()
+        .map_err(|_| anyhow::anyhow!("cannot build the OTLP HTTP client"))??;
+    let spans = opentelemetry_otlp::SpanExporter::builder().with_http().with_http_client(client.clone()).build()?;
+    let metrics = opentelemetry_otlp::MetricExporter::builder().with_http().with_http_client(client.clone()).build()?;
+    let logs = opentelemetry_otlp::LogExporter::builder().with_http().with_http_client(client).build()?;
+
+    let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(spans)
+        .with_resource(resource())
+        .build();
+    let logger = opentelemetry_sdk::logs::SdkLoggerProvider::builder()
+        .with_batch_exporter(logs)
+        .with_resource(resource())
+        .build();
+    if TELEMETRY.set(build_metrics(Some(metrics))).is_err() {
+        tracing::warn!("metrics were set up before telemetry::init; they are not exported over OTLP");
+    }
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(tracer.tracer("chaos-lab"))
+        .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
+    let otel_logs = opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(&logger)
+        .with_filter(EnvFilter::new(level));
+    tracing_subscriber::registry().with(fmt).with(traces).with(otel_logs).try_init()?;
+    Ok(Guard { tracer: Some(tracer), logger: Some(logger) })
 }

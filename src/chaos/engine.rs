@@ -200,8 +200,25 @@ impl Ctx {
             self.run.emit("step_started", json!(step));
             Some(seq)
         };
+        let span = if quiet {
+            tracing::Span::none()
+        } else {
+            tracing::info_span!(
+                "chaos.step",
+                otel.name = %name,
+                step = %name,
+                line = pos.line().unwrap_or(0),
+                outcome = tracing::field::Empty,
+                error = tracing::field::Empty,
+                fault.target = tracing::field::Empty,
+            )
+        };
         let started = Instant::now();
-        let result = f();
+        let result = span.in_scope(f);
+        match &result {
+            Ok((_, o)) => span.record("outcome", o.as_str()),
+            Err(e) => span.record("error", e.as_str()),
+        };
         if let Some(seq) = seq {
             let (outcome, error) = match &result {
                 Ok((_, o)) => (Some(o.clone()), None),
@@ -491,6 +508,7 @@ fn build(ctx: &Arc<Ctx>) -> Engine {
                     }
                 }
                 let fault = c.block(c.network().block(spec))?.map_err(|e| e.to_string())?;
+                tracing::Span::current().record("fault.target", fault.target.as_str());
                 c.push_undo(Undo::ClearNetwork(fault.id.clone()));
                 Ok((fault.id.clone().into(), format!("{} blocked ({})", fault.target, fault.id)))
             })
@@ -508,6 +526,7 @@ fn build(ctx: &Arc<Ctx>) -> Engine {
                 let duration = if s.is_unit() { None } else { Some(seconds("seconds", &s)?).filter(|d| !d.is_zero()) };
                 let spec = LatencySpec { latency: Duration::from_millis(ms), duration, run_id: Some(c.run.id.clone()) };
                 let fault = c.block(c.network().latency(spec))?.map_err(|e| e.to_string())?;
+                tracing::Span::current().record("fault.target", fault.target.as_str());
                 c.push_undo(Undo::ClearNetwork(fault.id.clone()));
                 Ok((fault.id.clone().into(), format!("+{ms} ms on {} ({})", fault.target, fault.id)))
             })
@@ -651,6 +670,8 @@ pub fn execute(run: Arc<RunShared>, deps: Arc<Deps>, ast: AST, params: serde_jso
         undoing: AtomicBool::new(false),
         dry_network: RecordingBackend::default(),
     });
+    let run_span = run.span.lock().unwrap().clone().unwrap_or_else(tracing::Span::none);
+    let _in_run = run_span.enter(); // every log line of the run carries its run id
     let engine = build(&ctx);
     // A panic in a script function must not skip the undo below.
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.eval_ast::<Dynamic>(&ast)))
@@ -664,11 +685,22 @@ pub fn execute(run: Arc<RunShared>, deps: Arc<Deps>, ast: AST, params: serde_jso
     let pending: Vec<Undo> = std::mem::take(&mut *ctx.undo.lock().unwrap());
     for u in pending.into_iter().rev() {
         let action = u.describe();
-        let (ok, detail) = if Instant::now() > undo_deadline {
-            (false, format!("skipped: the undo phase exceeded {} s", UNDO_TIMEOUT.as_secs()))
-        } else {
-            perform_undo(&ctx, &engine, &ast, u, undo_deadline)
-        };
+        let span = tracing::info_span!(
+            "chaos.undo",
+            otel.name = %format!("undo: {action}"),
+            action = %action,
+            ok = tracing::field::Empty,
+            detail = tracing::field::Empty,
+        );
+        let (ok, detail) = span.in_scope(|| {
+            if Instant::now() > undo_deadline {
+                (false, format!("skipped: the undo phase exceeded {} s", UNDO_TIMEOUT.as_secs()))
+            } else {
+                perform_undo(&ctx, &engine, &ast, u, undo_deadline)
+            }
+        });
+        span.record("ok", ok);
+        span.record("detail", detail.as_str());
         if ok {
             tracing::info!(run_id = %run.id, %action, %detail, "undo");
         } else {

@@ -183,6 +183,17 @@ impl Runs {
             run
         };
         let snapshot = run.snapshot();
+        // A run is one trace of its own (not part of the request that started it).
+        *run.span.lock().unwrap() = Some(tracing::info_span!(
+            parent: None,
+            "chaos.run",
+            otel.name = %format!("chaos run {}", snapshot.scenario.as_deref().unwrap_or("script")),
+            run_id = %run.id,
+            scenario = snapshot.scenario.as_deref().unwrap_or(""),
+            dry_run = req.dry_run,
+            status = tracing::field::Empty,
+            verdict = tracing::field::Empty,
+        ));
         self.index.lock().unwrap().push(snapshot.summary());
         write_journal(&self.dir, &snapshot);
         run.emit("run_started", serde_json::json!(snapshot.summary()));
@@ -228,6 +239,10 @@ impl Runs {
         }
         self.active.lock().unwrap().remove(&run.id);
         let status = json_name(&report.status);
+        if let Some(span) = run.span.lock().unwrap().take() {
+            span.record("status", status.as_str());
+            span.record("verdict", report.verdict.as_deref().unwrap_or(""));
+        }
         crate::telemetry::metrics().chaos_runs.add(1, &[opentelemetry::KeyValue::new("status", status)]);
         crate::telemetry::operation_ended("run", report.duration_s.unwrap_or_default());
         tracing::info!(run_id = %run.id, status = ?report.status, verdict = ?report.verdict, "run ended");

@@ -170,6 +170,8 @@ pub struct RunShared {
     pub stop: watch::Sender<Option<StopReason>>,
     /// True once the run has ended and its undo is complete.
     pub done: watch::Sender<bool>,
+    /// The run's trace root; taken (and so closed and exported) when the run ends.
+    pub span: Mutex<Option<tracing::Span>>,
 }
 
 impl RunShared {
@@ -181,6 +183,7 @@ impl RunShared {
             events: Mutex::new((Vec::new(), broadcast::channel(1024).0)),
             stop: watch::channel(None).0,
             done: watch::channel(false).0,
+            span: Mutex::new(None),
         }
     }
 

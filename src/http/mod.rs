@@ -96,7 +96,7 @@ impl AppState {
         let runs = Runs::open(deps, catalog, config.chaos.runs_dir.clone(), config.chaos.max_concurrent_runs as usize)
             .with_context(|| format!("cannot use RUNS_DIR {}", config.chaos.runs_dir.display()))?;
         let ttl = config.health_cache_ttl_seconds;
-        Ok(Self {
+        let state = Self {
             config: Arc::new(config),
             store,
             faults,
@@ -104,7 +104,19 @@ impl AppState {
             proxy,
             runs: Arc::new(runs),
             health: Arc::new(app::HealthCache::new(ttl)),
-        })
+        };
+        if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.trim().is_empty()) {
+            // OTLP exports run on a timer: keep the state gauges fresh between scrapes.
+            let sampled = state.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    metrics::sample_gauges(&sampled);
+                }
+            });
+        }
+        Ok(state)
     }
 
     /// Ends runs (each undoing its faults), then every fault: what SIGTERM triggers.
@@ -135,16 +147,44 @@ pub fn router(state: AppState) -> Router {
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(PropagateRequestIdLayer::x_request_id())
             // Failures are logged once, by the envelope middleware, with their detail.
-            .layer(TraceLayer::new_for_http().on_failure(()).make_span_with(|req: &Request| {
-                let id = req
-                    .extensions()
-                    .get::<RequestId>()
-                    .and_then(|id| id.header_value().to_str().ok())
-                    .unwrap_or_default();
-                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-            }))
+            .layer(TraceLayer::new_for_http().on_failure(()).make_span_with(request_span))
             .layer(middleware::from_fn(error::envelope)),
     )
+}
+
+/// The span of one request: its logs carry the request id, and it is exported as a trace that
+/// continues the caller's W3C `traceparent`. Health probes are not traced (they would drown the
+/// traces that matter).
+fn request_span(req: &Request) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let path = req.uri().path();
+    if path == "/health" || path == "/healthz" {
+        return tracing::Span::none();
+    }
+    let id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %format!("{} {path}", req.method()),
+        otel.kind = "server",
+        method = %req.method(),
+        path = %path,
+        request_id = %id,
+    );
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
+    let _ = span.set_parent(parent);
+    span
+}
+
+/// Reads W3C trace context from request headers.
+struct Headers<'a>(&'a axum::http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
 }
 
 /// An app-scope hang stalls every request here, before it reaches its handler. The kill switch
