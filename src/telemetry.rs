@@ -43,10 +43,13 @@ struct Telemetry {
 static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
 
 fn telemetry() -> &'static Telemetry {
-    TELEMETRY.get_or_init(|| build_metrics(None))
+    TELEMETRY.get_or_init(|| build_metrics(|b| b))
 }
 
-fn build_metrics(otlp: Option<opentelemetry_otlp::MetricExporter>) -> Telemetry {
+type MeterBuilder = opentelemetry_sdk::metrics::MeterProviderBuilder;
+
+/// The meter provider: the Prometheus reader, plus whatever `exporters` adds (OTLP, App Insights).
+fn build_metrics(exporters: impl FnOnce(MeterBuilder) -> MeterBuilder) -> Telemetry {
     {
         let registry = prometheus::Registry::new();
         // Names stay exactly as the original lab had them: no unit suffix, no scope labels.
@@ -57,11 +60,7 @@ fn build_metrics(otlp: Option<opentelemetry_otlp::MetricExporter>) -> Telemetry 
             .scope_info_enabled(false)
             .build()
             .expect("the Prometheus exporter builds with a fresh registry");
-        let mut builder = SdkMeterProvider::builder().with_reader(exporter).with_resource(resource());
-        if let Some(otlp) = otlp {
-            builder = builder.with_periodic_exporter(otlp);
-        }
-        let provider = builder.build();
+        let provider = exporters(SdkMeterProvider::builder().with_reader(exporter).with_resource(resource())).build();
         opentelemetry::global::set_meter_provider(provider.clone());
         let meter = provider.meter("chaos-lab");
         let metrics = Metrics {
@@ -130,7 +129,11 @@ pub fn prometheus_text() -> String {
 /// is read by the SDK's own detectors.
 fn resource() -> opentelemetry_sdk::Resource {
     let builder = opentelemetry_sdk::Resource::builder();
-    if std::env::var_os("OTEL_SERVICE_NAME").is_some() { builder.build() } else { builder.with_service_name("chaos-lab").build() }
+    if std::env::var_os("OTEL_SERVICE_NAME").is_some() {
+        builder.build()
+    } else {
+        builder.with_service_name("chaos-lab").build()
+    }
 }
 
 /// Flushes and stops the exporters at shutdown.
@@ -172,8 +175,9 @@ pub fn init(level: &str, json: bool) -> anyhow::Result<Guard> {
     };
     let fmt = fmt.with_filter(EnvFilter::new(level));
 
-    let otlp = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.trim().is_empty());
-    if !otlp {
+    let otlp = env_set("OTEL_EXPORTER_OTLP_ENDPOINT");
+    let app_insights = env_set("APPLICATIONINSIGHTS_CONNECTION_STRING");
+    if !otlp && !app_insights {
         tracing_subscriber::registry().with(fmt).try_init()?;
         return Ok(Guard { tracer: None, logger: None });
     }
@@ -181,23 +185,47 @@ pub fn init(level: &str, json: bool) -> anyhow::Result<Guard> {
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_otlp::WithHttpConfig as _;
     // The exporters' threads use a blocking client; it must be created off the async runtime.
-    let client = std::thread::spawn(|| reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(10)).build())
-        .join()
-        .map_err(|_| anyhow::anyhow!("cannot build the OTLP HTTP client"))??;
-    let spans = opentelemetry_otlp::SpanExporter::builder().with_http().with_http_client(client.clone()).build()?;
-    let metrics = opentelemetry_otlp::MetricExporter::builder().with_http().with_http_client(client.clone()).build()?;
-    let logs = opentelemetry_otlp::LogExporter::builder().with_http().with_http_client(client).build()?;
+    let client =
+        std::thread::spawn(|| reqwest::blocking::Client::builder().timeout(std::time::Duration::from_secs(10)).build())
+            .join()
+            .map_err(|_| anyhow::anyhow!("cannot build the telemetry HTTP client"))??;
 
-    let tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_batch_exporter(spans)
-        .with_resource(resource())
-        .build();
-    let logger = opentelemetry_sdk::logs::SdkLoggerProvider::builder()
-        .with_batch_exporter(logs)
-        .with_resource(resource())
-        .build();
-    if TELEMETRY.set(build_metrics(Some(metrics))).is_err() {
-        tracing::warn!("metrics were set up before telemetry::init; they are not exported over OTLP");
+    let mut tracer = opentelemetry_sdk::trace::SdkTracerProvider::builder().with_resource(resource());
+    let mut logger = opentelemetry_sdk::logs::SdkLoggerProvider::builder().with_resource(resource());
+    let mut otlp_metrics = None;
+    if otlp {
+        let spans = opentelemetry_otlp::SpanExporter::builder().with_http().with_http_client(client.clone()).build()?;
+        let logs = opentelemetry_otlp::LogExporter::builder().with_http().with_http_client(client.clone()).build()?;
+        otlp_metrics =
+            Some(opentelemetry_otlp::MetricExporter::builder().with_http().with_http_client(client.clone()).build()?);
+        tracer = tracer.with_batch_exporter(spans);
+        logger = logger.with_batch_exporter(logs);
+    }
+    let mut ai_metrics = None;
+    if app_insights {
+        let exporter = app_insights_exporter(&client)?;
+        if !env_set("OTEL_TRACES_SAMPLER") {
+            // Application Insights bills per item: keep 10 % of traces unless told otherwise.
+            use opentelemetry_sdk::trace::Sampler;
+            tracer = tracer.with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(AI_SAMPLE_RATE))));
+        }
+        tracer = tracer.with_batch_exporter(exporter.clone().with_sample_rate(sample_rate()));
+        logger = logger.with_batch_exporter(exporter.clone());
+        ai_metrics = Some(exporter);
+    }
+    let tracer = tracer.build();
+    let logger = logger.build();
+    let metrics = build_metrics(|mut b| {
+        if let Some(e) = otlp_metrics {
+            b = b.with_periodic_exporter(e);
+        }
+        if let Some(e) = ai_metrics {
+            b = b.with_periodic_exporter(e);
+        }
+        b
+    });
+    if TELEMETRY.set(metrics).is_err() {
+        tracing::warn!("metrics were set up before telemetry::init; they are not exported");
     }
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
 
@@ -208,4 +236,46 @@ pub fn init(level: &str, json: bool) -> anyhow::Result<Guard> {
         .with_filter(EnvFilter::new(level));
     tracing_subscriber::registry().with(fmt).with(traces).with(otel_logs).try_init()?;
     Ok(Guard { tracer: Some(tracer), logger: Some(logger) })
+}
+
+/// Trace sampling given to Application Insights when `OTEL_TRACES_SAMPLER` is not set.
+const AI_SAMPLE_RATE: f64 = 0.1;
+
+/// The sample rate Application Insights is told about (it scales counts back up).
+fn sample_rate() -> f64 {
+    if !env_set("OTEL_TRACES_SAMPLER") {
+        return AI_SAMPLE_RATE;
+    }
+    match std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_default().as_str() {
+        "traceidratio" | "parentbased_traceidratio" => {
+            std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0)
+        }
+        "always_off" | "parentbased_always_off" => 0.0,
+        _ => 1.0,
+    }
+}
+
+type AiExporter = opentelemetry_application_insights::Exporter<reqwest::blocking::Client>;
+
+/// The Application Insights exporter from `APPLICATIONINSIGHTS_CONNECTION_STRING`.
+/// `APPLICATIONINSIGHTS_ENDPOINT` overrides the ingestion endpoint (a local proxy or a test's
+/// fake; connection strings only allow https).
+fn app_insights_exporter(client: &reqwest::blocking::Client) -> anyhow::Result<AiExporter> {
+    let cs = std::env::var("APPLICATIONINSIGHTS_CONNECTION_STRING")?;
+    let exporter = AiExporter::new_from_connection_string(&cs, client.clone())
+        .map_err(|e| anyhow::anyhow!("APPLICATIONINSIGHTS_CONNECTION_STRING is not valid: {e}"))?;
+    match std::env::var("APPLICATIONINSIGHTS_ENDPOINT") {
+        Ok(endpoint) if !endpoint.trim().is_empty() => {
+            #[allow(deprecated)] // the only way to reach a plain-http endpoint
+            let e = exporter
+                .with_endpoint(endpoint.trim())
+                .map_err(|e| anyhow::anyhow!("APPLICATIONINSIGHTS_ENDPOINT is not valid: {e}"))?;
+            Ok(e)
+        }
+        _ => Ok(exporter),
+    }
+}
+
+fn env_set(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.trim().is_empty())
 }

@@ -44,7 +44,13 @@ fn spans(received: &Received) -> Vec<(String, String, String, String, Value)> {
             for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
                 for s in ss["spans"].as_array().into_iter().flatten() {
                     let text = |k: &str| s[k].as_str().unwrap_or_default().to_string();
-                    out.push((text("traceId"), text("spanId"), text("parentSpanId"), text("name"), s["attributes"].clone()));
+                    out.push((
+                        text("traceId"),
+                        text("spanId"),
+                        text("parentSpanId"),
+                        text("name"),
+                        s["attributes"].clone(),
+                    ));
                 }
             }
         }
@@ -89,7 +95,10 @@ async fn requests_and_runs_are_exported_as_traces_metrics_and_logs() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    assert!(eventually(Duration::from_secs(10), || async { http().get(format!("{url}/healthz")).send().await.is_ok() }).await);
+    assert!(
+        eventually(Duration::from_secs(10), || async { http().get(format!("{url}/healthz")).send().await.is_ok() })
+            .await
+    );
 
     // A request continuing the caller's trace, a health probe (not traced), and a run.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -101,7 +110,12 @@ async fn requests_and_runs_are_exported_as_traces_metrics_and_logs() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(get(&format!("{url}/health")).await.0, 200);
-    let r = http().post(format!("{url}/chaos/run?wait=true")).body("log(\"hello\");\nhealth();\nsleep(0.1);").send().await.unwrap();
+    let r = http()
+        .post(format!("{url}/chaos/run?wait=true"))
+        .body("log(\"hello\");\nhealth();\nsleep(0.1);")
+        .send()
+        .await
+        .unwrap();
     let report: Value = r.json().await.unwrap();
     assert_eq!(report["status"], "succeeded", "{report}");
 
@@ -122,16 +136,94 @@ async fn requests_and_runs_are_exported_as_traces_metrics_and_logs() {
             assert_ne!(run.0, trace_id, "a run is a trace of its own");
             let attrs = run.4.to_string();
             assert!(attrs.contains("run_id") && attrs.contains("succeeded"), "run attributes: {attrs}");
-            let step_names: Vec<&str> = s.iter().filter(|x| x.0 == run.0 && x.2 == run.1).map(|x| x.3.as_str()).collect();
+            let step_names: Vec<&str> =
+                s.iter().filter(|x| x.0 == run.0 && x.2 == run.1).map(|x| x.3.as_str()).collect();
             assert!(step_names.contains(&"health") && step_names.contains(&"sleep"), "{step_names:?}");
-            for name in ["redis_connection_status", "redis_connection_count", "chaos_operation_duration_seconds", "chaos_runs"] {
+            for name in
+                ["redis_connection_status", "redis_connection_count", "chaos_operation_duration_seconds", "chaos_runs"]
+            {
                 assert!(metrics.iter().any(|m| m == name), "metric {name} not exported: {metrics:?}");
             }
             break;
         }
-        assert!(Instant::now() < deadline, "collector did not receive everything: {} spans, metrics {:?}, logs {logs}", s.len(), metrics);
+        assert!(
+            Instant::now() < deadline,
+            "collector did not receive everything: {} spans, metrics {:?}, logs {logs}",
+            s.len(),
+            metrics
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn application_insights_receives_requests_logs_and_metrics() {
+    use std::io::Read as _;
+    let redis = RedisServer::start();
+    // A fake ingestion endpoint: /v2/track takes gzip-compressed JSON envelopes.
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let app = axum::Router::new()
+        .route(
+            "/v2/track",
+            axum::routing::post(|State(r): State<Arc<Mutex<Vec<Value>>>>, body: Bytes| async move {
+                let mut text = String::new();
+                flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut text).unwrap();
+                let items: Vec<Value> = serde_json::from_str(&text).unwrap_or_default();
+                let n = items.len();
+                r.lock().unwrap().extend(items);
+                axum::Json(json!({"itemsReceived": n, "itemsAccepted": n, "errors": []}))
+            }),
+        )
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chaos-lab"))
+        .env("APP_PORT", port.to_string())
+        .env("REDIS_HOST", "127.0.0.1")
+        .env("REDIS_PORT", redis.port.to_string())
+        .env("RUNS_DIR", temp_dir("ai-runs"))
+        .env(
+            "APPLICATIONINSIGHTS_CONNECTION_STRING",
+            "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://example.invalid/",
+        )
+        .env("APPLICATIONINSIGHTS_ENDPOINT", &endpoint)
+        .env("OTEL_TRACES_SAMPLER", "always_on")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .env("OTEL_BLRP_SCHEDULE_DELAY", "100")
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async { http().get(format!("{url}/healthz")).send().await.is_ok() })
+            .await
+    );
+    assert_eq!(get(&format!("{url}/")).await.0, 200);
+    assert_eq!(get(&format!("{url}/health")).await.0, 200);
+    let r = http().post(format!("{url}/chaos/run?wait=true")).body("log(\"hello insights\");").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    let kinds = || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e["data"]["baseType"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    let ok = eventually(Duration::from_secs(15), || async {
+        let k = kinds();
+        let logged = received.lock().unwrap().iter().any(|e| e.to_string().contains("hello insights"));
+        k.iter().any(|x| x == "RequestData") && k.iter().any(|x| x == "MetricData") && logged
+    })
+    .await;
+    assert!(ok, "Application Insights fake got: {:?}", kinds());
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let _ = child.wait();
 }

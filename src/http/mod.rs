@@ -105,7 +105,10 @@ impl AppState {
             runs: Arc::new(runs),
             health: Arc::new(app::HealthCache::new(ttl)),
         };
-        if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.trim().is_empty()) {
+        let exporting = ["OTEL_EXPORTER_OTLP_ENDPOINT", "APPLICATIONINSIGHTS_CONNECTION_STRING"]
+            .iter()
+            .any(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty()));
+        if exporting {
             // OTLP exports run on a timer: keep the state gauges fresh between scrapes.
             let sampled = state.clone();
             tokio::spawn(async move {
