@@ -127,8 +127,11 @@ async fn requests_and_runs_are_exported_as_traces_metrics_and_logs() {
         let steps = run.map(|run| s.iter().filter(|x| x.0 == run.0 && x.2 == run.1).count()).unwrap_or(0);
         let metrics = metric_names(&received);
         let logs = received.lock().unwrap().iter().any(|(k, v)| k == "logs" && v.to_string().contains("hello"));
-        if request.is_some() && steps >= 2 && metrics.iter().any(|m| m == "redis_connection_latency_ms") && logs {
-            let request = request.unwrap();
+        if let Some(request) = request
+            && steps >= 2
+            && metrics.iter().any(|m| m == "redis_connection_latency_ms")
+            && logs
+        {
             assert_eq!(request.0, trace_id, "the request span must continue the caller's trace");
             assert_eq!(request.2, "00f067aa0ba902b7");
             assert!(!s.iter().any(|x| x.3 == "GET /health"), "/health must not be traced");
