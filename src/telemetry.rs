@@ -194,10 +194,30 @@ pub fn init(level: &str, json: bool) -> anyhow::Result<Guard> {
     let mut logger = opentelemetry_sdk::logs::SdkLoggerProvider::builder().with_resource(resource());
     let mut otlp_metrics = None;
     if otlp {
-        let spans = opentelemetry_otlp::SpanExporter::builder().with_http().with_http_client(client.clone()).build()?;
-        let logs = opentelemetry_otlp::LogExporter::builder().with_http().with_http_client(client.clone()).build()?;
-        otlp_metrics =
-            Some(opentelemetry_otlp::MetricExporter::builder().with_http().with_http_client(client.clone()).build()?);
+        use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+        // http/protobuf unless OTEL_EXPORTER_OTLP_PROTOCOL says otherwise (the OTLP default; the
+        // crate would pick JSON, which costs more to encode, because both are compiled in).
+        let protocol = match std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").as_deref() {
+            Ok("http/json") => Protocol::HttpJson,
+            _ => Protocol::HttpBinary,
+        };
+        let spans = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(protocol)
+            .with_http_client(client.clone())
+            .build()?;
+        let logs = opentelemetry_otlp::LogExporter::builder()
+            .with_http()
+            .with_protocol(protocol)
+            .with_http_client(client.clone())
+            .build()?;
+        otlp_metrics = Some(
+            opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_protocol(protocol)
+                .with_http_client(client.clone())
+                .build()?,
+        );
         tracer = tracer.with_batch_exporter(spans);
         logger = logger.with_batch_exporter(logs);
     }

@@ -167,10 +167,8 @@ fn request_span(req: &Request) -> tracing::Span {
     let id = req.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or_default();
     let span = tracing::info_span!(
         "request",
-        otel.name = %format!("{} {path}", req.method()),
+        otel.name = %format_args!("{} {path}", req.method()),
         otel.kind = "server",
-        method = %req.method(),
-        path = %path,
         request_id = %id,
     );
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(req.headers())));
