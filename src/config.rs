@@ -19,7 +19,7 @@ use clap::{Args, Parser};
     name = "chaos-lab",
     version,
     args_override_self = true,
-    after_help = "Examples:\n  chaos-lab                                  # local Redis on localhost:6379, listen on 127.0.0.1:8000\n  REDIS_HOST=10.0.2.4 REDIS_PORT=10000 REDIS_SSL=true APP_HOST=0.0.0.0 chaos-lab\n\nAPI reference: GET /docs on the running service, or docs/api.md."
+    after_help = "Examples:\n  chaos-lab                                  # local Redis on localhost:6379, listen on 127.0.0.1:8000\n  REDIS_HOST=10.0.2.4 REDIS_PORT=10000 REDIS_SSL=true APP_HOST=0.0.0.0 chaos-lab\n\nTelemetry (read from the environment; see docs/observability.md):\n  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,\n  OTEL_TRACES_SAMPLER(_ARG), APPLICATIONINSIGHTS_CONNECTION_STRING, APPLICATIONINSIGHTS_ENDPOINT\n\nAPI reference: GET /docs on the running service, or docs/api.md."
 )]
 pub struct Cli {
     #[command(subcommand)]
