@@ -249,8 +249,13 @@ pub fn init(level: &str, json: bool) -> anyhow::Result<Guard> {
     }
     opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
 
+    // Per-span extras (code location, thread, busy/idle timing) cost CPU on every request and
+    // answer no question a chaos run asks.
     let traces = tracing_opentelemetry::layer()
         .with_tracer(tracer.tracer("chaos-lab"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
         .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
     let otel_logs = opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(&logger)
         .with_filter(EnvFilter::new(level));
