@@ -142,6 +142,8 @@ async fn requests_and_runs_are_exported_as_traces_metrics_and_logs() {
             let step_names: Vec<&str> =
                 s.iter().filter(|x| x.0 == run.0 && x.2 == run.1).map(|x| x.3.as_str()).collect();
             assert!(step_names.contains(&"health") && step_names.contains(&"sleep"), "{step_names:?}");
+            let everything = received.lock().unwrap().iter().map(|(_, v)| v.to_string()).collect::<String>();
+            assert!(everything.contains("chaos-lab-test"), "OTEL_SERVICE_NAME is not the resource's service.name");
             for name in
                 ["redis_connection_status", "redis_connection_count", "chaos_operation_duration_seconds", "chaos_runs"]
             {
