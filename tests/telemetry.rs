@@ -17,6 +17,31 @@ type Received = Arc<Mutex<Vec<(String, Value)>>>;
 /// The service process, killed when the test ends, whether it passes or panics.
 struct Service(std::process::Child);
 
+/// Starts the binary against `redis_port` with quick export intervals and `env`; returns it with
+/// its URL once it answers.
+async fn start_exporting(redis_port: u16, env: &[(&str, &str)]) -> (Service, String) {
+    let port = free_port();
+    let service = Service(
+        Command::new(env!("CARGO_BIN_EXE_chaos-lab"))
+            .env("APP_PORT", port.to_string())
+            .env("REDIS_HOST", "127.0.0.1")
+            .env("REDIS_PORT", redis_port.to_string())
+            .env("RUNS_DIR", temp_dir("otel-runs"))
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+            .env("OTEL_BLRP_SCHEDULE_DELAY", "100")
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
+            .envs(env.iter().copied())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let up =
+        eventually(Duration::from_secs(10), || async { http().get(format!("{url}/healthz")).send().await.is_ok() });
+    assert!(up.await, "service did not start");
+    (service, url)
+}
+
 impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -89,28 +114,12 @@ fn metric_names(received: &Received) -> Vec<String> {
 async fn requests_and_runs_are_exported_as_traces_metrics_and_logs() {
     let redis = RedisServer::start();
     let (collector, received) = fake_collector().await;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let _service = Service(
-        Command::new(env!("CARGO_BIN_EXE_chaos-lab"))
-            .env("APP_PORT", port.to_string())
-            .env("REDIS_HOST", "127.0.0.1")
-            .env("REDIS_PORT", redis.port.to_string())
-            .env("RUNS_DIR", temp_dir("otel-runs"))
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
-            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-            .env("OTEL_SERVICE_NAME", "chaos-lab-test")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("OTEL_BLRP_SCHEDULE_DELAY", "100")
-            .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || async { http().get(format!("{url}/healthz")).send().await.is_ok() })
-            .await
-    );
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_SERVICE_NAME", "chaos-lab-test"),
+    ];
+    let (_service, url) = start_exporting(redis.port, &env).await;
 
     // A request continuing the caller's trace, a health probe (not traced), and a run.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -193,31 +202,15 @@ async fn application_insights_receives_requests_logs_and_metrics() {
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let _service = Service(
-        Command::new(env!("CARGO_BIN_EXE_chaos-lab"))
-            .env("APP_PORT", port.to_string())
-            .env("REDIS_HOST", "127.0.0.1")
-            .env("REDIS_PORT", redis.port.to_string())
-            .env("RUNS_DIR", temp_dir("ai-runs"))
-            .env(
-                "APPLICATIONINSIGHTS_CONNECTION_STRING",
-                "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://example.invalid/",
-            )
-            .env("APPLICATIONINSIGHTS_ENDPOINT", &endpoint)
-            .env("OTEL_TRACES_SAMPLER", "always_on")
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("OTEL_BLRP_SCHEDULE_DELAY", "100")
-            .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    assert!(
-        eventually(Duration::from_secs(10), || async { http().get(format!("{url}/healthz")).send().await.is_ok() })
-            .await
-    );
+    let env = [
+        (
+            "APPLICATIONINSIGHTS_CONNECTION_STRING",
+            "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=https://example.invalid/",
+        ),
+        ("APPLICATIONINSIGHTS_ENDPOINT", endpoint.as_str()),
+        ("OTEL_TRACES_SAMPLER", "always_on"),
+    ];
+    let (_service, url) = start_exporting(redis.port, &env).await;
     assert_eq!(get(&format!("{url}/")).await.0, 200);
     assert_eq!(get(&format!("{url}/health")).await.0, 200);
     let r = http().post(format!("{url}/chaos/run?wait=true")).body("log(\"hello insights\");").send().await.unwrap();
