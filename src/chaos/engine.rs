@@ -16,7 +16,7 @@ use rhai::{AST, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, Nat
 use serde_json::{Value, json};
 
 use super::report::{Expectation, LogLine, RunShared, RunStatus, ScriptError, Step, StopReason, UndoRecord};
-use crate::faults::network::{BlockSpec, LatencySpec, NetworkBackend, RecordingBackend};
+use crate::faults::network::{BlockSpec, LatencySpec, NetworkBackend, NetworkFault, RecordingBackend};
 use crate::faults::{self, Faults};
 use crate::store::Store;
 
@@ -248,6 +248,18 @@ impl Ctx {
         tracing::info!(run_id = %self.run.id, line = ?line.line, "{}", line.message);
         self.run.emit("log", json!(line));
         self.run.update(|r| r.logs.push(line));
+    }
+
+    /// Applies a network fault (inside the current step), tags the step span with its target,
+    /// and schedules its undo.
+    fn apply_network<F>(&self, apply: F) -> Result<NetworkFault, String>
+    where
+        F: Future<Output = Result<NetworkFault, crate::faults::FaultError>>,
+    {
+        let fault = self.block(apply)?.map_err(|e| e.to_string())?;
+        tracing::Span::current().record("fault.target", fault.target.as_str());
+        self.push_undo(Undo::ClearNetwork(fault.id.clone()));
+        Ok(fault)
     }
 
     fn push_undo(&self, u: Undo) {
@@ -507,9 +519,7 @@ fn build(ctx: &Arc<Ctx>) -> Engine {
                         other => return Err(format!("unknown option '{other}'; use port, seconds, cut_existing")),
                     }
                 }
-                let fault = c.block(c.network().block(spec))?.map_err(|e| e.to_string())?;
-                tracing::Span::current().record("fault.target", fault.target.as_str());
-                c.push_undo(Undo::ClearNetwork(fault.id.clone()));
+                let fault = c.apply_network(c.network().block(spec))?;
                 Ok((fault.id.clone().into(), format!("{} blocked ({})", fault.target, fault.id)))
             })
         }
@@ -525,9 +535,7 @@ fn build(ctx: &Arc<Ctx>) -> Engine {
                 let ms = u64::try_from(ms).map_err(|_| "ms must not be negative")?;
                 let duration = if s.is_unit() { None } else { Some(seconds("seconds", &s)?).filter(|d| !d.is_zero()) };
                 let spec = LatencySpec { latency: Duration::from_millis(ms), duration, run_id: Some(c.run.id.clone()) };
-                let fault = c.block(c.network().latency(spec))?.map_err(|e| e.to_string())?;
-                tracing::Span::current().record("fault.target", fault.target.as_str());
-                c.push_undo(Undo::ClearNetwork(fault.id.clone()));
+                let fault = c.apply_network(c.network().latency(spec))?;
                 Ok((fault.id.clone().into(), format!("+{ms} ms on {} ({})", fault.target, fault.id)))
             })
         }
