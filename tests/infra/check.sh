@@ -8,6 +8,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")/../.."
+export PYTHONDONTWRITEBYTECODE=1
 failed=0
 
 run() {
