@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod faults;
 pub mod http;
+pub mod loadgen;
 pub mod store;
 pub mod telemetry;
 
