@@ -109,6 +109,17 @@ fn shape_follows_each_profile_stage_by_stage() {
     assert_eq!(small["ticks"], json!([[1, 10.0], [5, 50.0], [10, 100.0], null]));
     let tiny = plan("spike", &["--scale", "0.0001"], &[]);
     assert_eq!(stages(&tiny), json!([[10.0, 1, 0.05], [60.0, 1, null], [10.0, 0, 0.05]]));
+
+    // A stage's rate scales with users; --rate replaces every stage's rate as is (as in loadgen).
+    // A profile can also be named by path.
+    let dir = temp_dir("rate-profile");
+    let file = dir.join("paced.toml");
+    std::fs::write(&file, "description = \"p\"\nwait_seconds = [0, 0]\n[[stages]]\nduration_seconds = 10\nusers = 20\nspawn_rate = 5\nrate = 100\n").unwrap();
+    let file = file.to_str().unwrap();
+    assert_eq!(plan(file, &["--scale", "0.5"], &[])["stages"][0]["rate"], 50.0);
+    assert_eq!(plan(file, &["--scale", "0.5", "--rate", "7"], &[])["stages"][0]["rate"], 7.0);
+    let fixed = plan("sustained", &["--rate", "40"], &[]);
+    assert!(fixed["stages"].as_array().unwrap().iter().all(|s| s["rate"] == 40.0), "{fixed}");
 }
 
 #[test]

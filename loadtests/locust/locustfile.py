@@ -3,9 +3,9 @@
     locust -f loadtests/locust/locustfile.py --host http://127.0.0.1:8000 --profile staged
     locust -f loadtests/locust/locustfile.py --host URL --headless --profile spike --scale 0.01
 
-Options (as loadgen's): ``--profile NAME`` (default ``$LOADGEN_PROFILE``, else ``staged``),
+Options (as loadgen's): ``--profile NAME`` (default ``$LOADGEN_PROFILE``, else ``staged``; or a path to a ``.toml``),
 ``--scale F`` (user counts x F, rounded, at least 1 where a stage has users), ``--time-scale F``
-(stage durations x F). Profiles are read from ``$LOADGEN_PROFILES_DIR``, else
+(stage durations x F), ``--rate R`` (requests/s for every stage, see ``profile_wait``). Profiles are read from ``$LOADGEN_PROFILES_DIR``, else
 ``loadtests/profiles``. The shape class owns the run: ``-u``, ``-r`` and ``-t`` are ignored.
 
 Two user classes with the same tasks: ``LabUser`` (``HttpUser``, the original's, the default) and
@@ -156,11 +156,19 @@ def _add_arguments(parser) -> None:
         include_in_web_ui=True,
         help="multiply the profile's stage durations",
     )
+    parser.add_argument(
+        "--rate",
+        type=str,
+        default="",
+        include_in_web_ui=True,
+        help="requests/s replacing every stage's rate (loadgen's --rate; see LabUser pacing)",
+    )
 
 
 def _load_profile(options) -> Profile:
     name = getattr(options, "profile", None) or os.environ.get("LOADGEN_PROFILE") or profiles.DEFAULT_PROFILE
-    return profiles.load(name, float(options.scale), float(options.time_scale))
+    rate = float(options.rate) if getattr(options, "rate", "") not in (None, "") else None
+    return profiles.load(name, float(options.scale), float(options.time_scale), rate=rate)
 
 
 def _describe(p: Profile) -> str:

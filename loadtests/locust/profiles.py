@@ -113,8 +113,18 @@ def available(directory: Path | None = None) -> list[str]:
     return sorted(p.stem for p in directory.glob("*.toml"))
 
 
-def load(name: str, scale: float = 1.0, time_scale: float = 1.0, directory: Path | None = None) -> Profile:
+def load(
+    name: str,
+    scale: float = 1.0,
+    time_scale: float = 1.0,
+    directory: Path | None = None,
+    rate: float | None = None,
+) -> Profile:
     """Reads profile ``name`` and applies ``scale`` (users) and ``time_scale`` (durations).
+
+    ``name`` is a file stem in the profiles folder (``staged``), or a path (anything with a ``/``
+    or ending in ``.toml``), as in loadgen. A stage's ``rate`` is multiplied by ``scale``;
+    ``rate``, when given, replaces every stage's rate unscaled (loadgen's ``--rate``).
 
     The spawn rate is multiplied by ``scale / time_scale`` so that a ramp fills the same share of
     its (shortened) stage with the (fewer) users, as in the full-size profile.
@@ -123,9 +133,11 @@ def load(name: str, scale: float = 1.0, time_scale: float = 1.0, directory: Path
         raise ProfileError(f"--scale must be a positive number, got {scale}")
     if not (math.isfinite(time_scale) and time_scale > 0):
         raise ProfileError(f"--time-scale must be a positive number, got {time_scale}")
+    if rate is not None and not (math.isfinite(rate) and rate > 0):
+        raise ProfileError(f"--rate must be a positive number of requests/s, got {rate}")
     directory = directory or profiles_dir()
-    path = directory / f"{name}.toml"
-    if "/" in name or "\\" in name or not path.is_file():
+    path = Path(name) if ("/" in name or name.endswith(".toml")) else directory / f"{name}.toml"
+    if not path.is_file():
         names = ", ".join(available(directory)) or "none"
         raise ProfileError(
             f"no profile {name!r} in {directory} (available: {names}); "
@@ -136,10 +148,17 @@ def load(name: str, scale: float = 1.0, time_scale: float = 1.0, directory: Path
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ProfileError(f"{path}: not valid TOML: {e}") from None
-    return parse(name, data, scale, time_scale, where=str(path))
+    return parse(path.stem, data, scale, time_scale, where=str(path), rate_override=rate)
 
 
-def parse(name: str, data: dict, scale: float = 1.0, time_scale: float = 1.0, where: str = "") -> Profile:
+def parse(
+    name: str,
+    data: dict,
+    scale: float = 1.0,
+    time_scale: float = 1.0,
+    where: str = "",
+    rate_override: float | None = None,
+) -> Profile:
     where = where or name
 
     def fail(field: str, why: str) -> ProfileError:
@@ -211,9 +230,11 @@ def parse(name: str, data: dict, scale: float = 1.0, time_scale: float = 1.0, wh
                 duration_seconds=_tidy(duration * time_scale),
                 users=scaled_users,
                 spawn_rate=None if spawn_rate is None else _tidy(spawn_rate * scale / time_scale),
-                rate=None if rate is None else _tidy(rate * scale),
+                rate=rate_override if rate_override is not None else None if rate is None else _tidy(rate * scale),
             )
         )
+    if all(raw["users"] == 0 for raw in raw_stages):
+        raise fail("stages", "every stage has 0 users: nothing would run")
     return Profile(name, description, (wait_min, wait_max), tuple(stages))
 
 
@@ -227,11 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("profile", nargs="?", default=os.environ.get("LOADGEN_PROFILE", DEFAULT_PROFILE))
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--rate", type=float, default=None, help="requests/s replacing every stage's rate")
     parser.add_argument("--at", type=float, action="append", default=[], help="print tick() at this run time (s)")
     parser.add_argument("--json", action="store_true", help="JSON instead of a table")
     args = parser.parse_args(argv)
     try:
-        profile = load(args.profile, args.scale, args.time_scale)
+        profile = load(args.profile, args.scale, args.time_scale, rate=args.rate)
     except ProfileError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
