@@ -97,6 +97,11 @@ pub struct ChaosConfig {
         value_enum
     )]
     pub network_fault_backend: NetworkBackendKind,
+
+    /// The `loadgen` binary that script runs start for `loadgen()` (default: `loadgen` next to
+    /// this executable, else on PATH). Its reports go to RUNS_DIR/loadgen/.
+    #[arg(long, env = "LOADGEN_BIN", value_name = "LOADGEN_BIN")]
+    pub loadgen_bin: Option<std::path::PathBuf>,
 }
 
 /// Which network fault backend to use.

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use rhai::{AST, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, NativeCallContext, Position};
 use serde_json::{Value, json};
 
+use super::loadgen::{LoadgenConfig, Running, Spec};
 use super::report::{Expectation, LogLine, RunShared, RunStatus, ScriptError, Step, StopReason, UndoRecord};
 use crate::faults::network::{BlockSpec, LatencySpec, NetworkBackend, NetworkFault, RecordingBackend};
 use crate::faults::{self, Faults};
@@ -43,6 +44,8 @@ pub struct Deps {
     pub self_url: String,
     pub http: reqwest::Client,
     pub handle: tokio::runtime::Handle,
+    /// The `loadgen` binary for `loadgen()` and where its reports go.
+    pub loadgen: LoadgenConfig,
 }
 
 /// A hardened engine with no script API: used to compile, and as the base of a run's engine.
@@ -100,6 +103,10 @@ pub const API_FUNCTIONS: &[&str] = &[
     "wait_until",
     "expect",
     "on_rollback",
+    "loadgen",
+    "loadgen_start",
+    "loadgen_wait",
+    "loadgen_stop",
 ];
 
 /// One fault to undo when the run ends.
@@ -107,6 +114,7 @@ enum Undo {
     StopLoad(u64),
     StopHang(u64),
     ClearNetwork(String),
+    StopLoadgen(String),
     Rollback(FnPtr),
 }
 
@@ -116,6 +124,7 @@ impl Undo {
             Self::StopLoad(_) => "stop the load".into(),
             Self::StopHang(_) => "end the hang".into(),
             Self::ClearNetwork(id) => format!("clear network fault {id}"),
+            Self::StopLoadgen(id) => format!("stop {id}"),
             Self::Rollback(f) => format!("on_rollback closure {}", f.fn_name()),
         }
     }
@@ -133,6 +142,8 @@ struct Ctx {
     quiet: AtomicUsize,
     undoing: AtomicBool,
     dry_network: RecordingBackend,
+    /// Load generators started by this run, by id (`loadgen-1`, ...).
+    loadgens: Mutex<Vec<(String, Arc<Running>)>>,
 }
 
 type Fallible<T> = Result<T, Box<EvalAltResult>>;
@@ -262,6 +273,58 @@ impl Ctx {
         Ok(fault)
     }
 
+    /// Starts `loadgen` for this run; its progress goes to the timeline every 5 s.
+    fn start_loadgen(self: &Arc<Self>, opts: &Map, pos: Position) -> Result<(String, Arc<Running>), String> {
+        let spec = Spec::from_map(opts, &self.deps.self_url)?;
+        let id = format!("loadgen-{}", self.loadgens.lock().unwrap().len() + 1);
+        let c = self.clone();
+        let tag = id.clone();
+        let running = {
+            let _rt = self.deps.handle.enter();
+            Running::start(&self.deps.loadgen, &spec, &format!("{}-{id}", self.run.id), move |p: &Value| {
+                let elapsed = p["elapsed_s"].as_f64().unwrap_or(0.0);
+                if (elapsed.round() as u64) % 5 == 0 {
+                    c.log(
+                        format!(
+                            "{tag}: {elapsed:.0} s, {} users, {} requests, {} failed, {} rps",
+                            p["users"], p["requests"], p["failures"], p["rps"]
+                        ),
+                        pos,
+                    );
+                }
+            })?
+        };
+        let running = Arc::new(running);
+        self.loadgens.lock().unwrap().push((id.clone(), running.clone()));
+        self.push_undo(Undo::StopLoadgen(id.clone()));
+        Ok((id, running))
+    }
+
+    fn loadgen(&self, id: &str) -> Result<Arc<Running>, String> {
+        let all = self.loadgens.lock().unwrap();
+        let found = all.iter().find(|(i, _)| i == id).map(|(_, r)| r.clone());
+        found.ok_or_else(|| {
+            let known: Vec<&str> = all.iter().map(|(i, _)| i.as_str()).collect();
+            format!("no load generator '{id}' in this run (started: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })
+        })
+    }
+
+    /// Waits for a load generator (stopping it first when `stop`), as a script map.
+    fn finish_loadgen(&self, id: &str, running: &Running, stop: bool) -> Result<(Map, String), String> {
+        if stop {
+            running.stop();
+        }
+        let summary = self.block(running.wait())??;
+        let target = id.to_string();
+        self.forget_undo(|u| matches!(u, Undo::StopLoadgen(i) if *i == target));
+        let outcome = format!(
+            "{} requests, {} failed, {} rps, p95 {} ms",
+            summary["requests"], summary["failures"], summary["rps"], summary["p95_ms"]
+        );
+        let map = rhai::serde::to_dynamic(&summary).map_err(|e| e.to_string())?.cast::<Map>();
+        Ok((map, outcome))
+    }
+
     fn push_undo(&self, u: Undo) {
         self.undo.lock().unwrap().push(u);
     }
@@ -326,6 +389,20 @@ impl Ctx {
         out.insert("latency_ms".into(), Dynamic::from_float((latency * 100.0).round() / 100.0));
         Ok(out)
     }
+}
+
+/// What `loadgen()` returns in a dry run: the options are checked, nothing is started.
+fn dry_loadgen(opts: &Map, host: &str) -> Result<Map, String> {
+    Spec::from_map(opts, host)?;
+    let mut m = Map::new();
+    for k in ["requests", "failures"] {
+        m.insert(k.into(), Dynamic::from_int(0));
+    }
+    for k in ["rps", "p50_ms", "p95_ms", "p99_ms"] {
+        m.insert(k.into(), Dynamic::from_float(0.0));
+    }
+    m.insert("dry_run".into(), Dynamic::TRUE);
+    Ok(m)
 }
 
 fn describe_http(m: &Map) -> String {
@@ -658,6 +735,39 @@ fn build(ctx: &Arc<Ctx>) -> Engine {
         c.run.update(|r| r.expectations.push(x));
     });
     let c = ctx.clone();
+    e.register_fn("loadgen", move |nc: NativeCallContext, opts: Map| -> Fallible<Map> {
+        c.step("loadgen", format!("{opts:?}"), nc.call_position(), || {
+            if c.dry_run {
+                return Ok((dry_loadgen(&opts, &c.deps.self_url)?, "dry run: not started".into()));
+            }
+            let (id, running) = c.start_loadgen(&opts, nc.call_position())?;
+            c.finish_loadgen(&id, &running, false)
+        })
+    });
+    let c = ctx.clone();
+    e.register_fn("loadgen_start", move |nc: NativeCallContext, opts: Map| -> Fallible<ImmutableString> {
+        c.step("loadgen_start", format!("{opts:?}"), nc.call_position(), || {
+            if c.dry_run {
+                dry_loadgen(&opts, &c.deps.self_url)?;
+                return Ok(("loadgen-dry".into(), "dry run: not started".into()));
+            }
+            let (id, _) = c.start_loadgen(&opts, nc.call_position())?;
+            Ok((id.clone().into(), format!("started {id}")))
+        })
+    });
+    for (name, stop) in [("loadgen_wait", false), ("loadgen_stop", true)] {
+        let c = ctx.clone();
+        e.register_fn(name, move |nc: NativeCallContext, id: ImmutableString| -> Fallible<Map> {
+            c.step(name, id.to_string(), nc.call_position(), || {
+                if c.dry_run {
+                    return Ok((dry_loadgen(&Map::new(), &c.deps.self_url)?, "dry run".into()));
+                }
+                let running = c.loadgen(&id)?;
+                c.finish_loadgen(&id, &running, stop)
+            })
+        });
+    }
+    let c = ctx.clone();
     e.register_fn("on_rollback", move |nc: NativeCallContext, f: FnPtr| {
         c.log(format!("registered rollback {}", f.fn_name()), nc.call_position());
         c.push_undo(Undo::Rollback(f));
@@ -677,6 +787,7 @@ pub fn execute(run: Arc<RunShared>, deps: Arc<Deps>, ast: AST, params: serde_jso
         quiet: AtomicUsize::new(0),
         undoing: AtomicBool::new(false),
         dry_network: RecordingBackend::default(),
+        loadgens: Mutex::new(Vec::new()),
     });
     let run_span = run.span.lock().unwrap().clone().unwrap_or_else(tracing::Span::none);
     let _in_run = run_span.enter(); // every log line of the run carries its run id
@@ -782,6 +893,18 @@ fn perform_undo(ctx: &Ctx, engine: &Engine, ast: &AST, u: Undo, deadline: Instan
                 Err(_) => (false, "timed out".into()),
             }
         }
+        Undo::StopLoadgen(id) => match ctx.loadgen(&id) {
+            Ok(running) => {
+                running.stop();
+                let left = deadline.saturating_duration_since(Instant::now());
+                match ctx.deps.handle.block_on(tokio::time::timeout(left, running.wait())) {
+                    Ok(Ok(s)) => (true, format!("stopped after {} requests", s["requests"])),
+                    Ok(Err(e)) => (true, format!("stopped ({e})")),
+                    Err(_) => (false, "timed out".into()),
+                }
+            }
+            Err(e) => (false, e),
+        },
         Undo::Rollback(f) => match f.call::<Dynamic>(engine, ast, ()) {
             Ok(_) => (true, "ran".into()),
             Err(e) => (false, e.to_string()),

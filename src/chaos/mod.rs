@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod engine;
+pub mod loadgen;
 pub mod report;
 
 use std::collections::HashMap;

@@ -90,6 +90,10 @@ impl AppState {
             self_url: format!("http://{}", SocketAddr::new(self_ip, addr.port())),
             http: reqwest::Client::builder().build().context("cannot build the HTTP client")?,
             handle: tokio::runtime::Handle::current(),
+            loadgen: crate::chaos::loadgen::LoadgenConfig::new(
+                config.chaos.loadgen_bin.clone(),
+                &config.chaos.runs_dir,
+            ),
         });
         let catalog = Catalog::load(config.chaos.scenarios_dir.clone());
         catalog.watch();

@@ -71,7 +71,11 @@ pub async fn run(host: &str, segments: &[Segment], timeout: Duration) -> Result<
     let (mut scheduled, mut seconds, mut target) = (0u64, 0.0f64, 0.0f64);
     let started = Instant::now();
     let mut stage_start = started;
-    for seg in segments {
+    // Ctrl-C (or SIGINT from the service stopping a run) ends the schedule early; the report
+    // is still written.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    'stages: for seg in segments {
         let stage_end = stage_start + Duration::from_secs_f64(seg.seconds);
         seconds += seg.seconds;
         target += seg.rate * seg.seconds;
@@ -86,7 +90,10 @@ pub async fn run(host: &str, segments: &[Segment], timeout: Duration) -> Result<
                     break;
                 }
                 if due > Instant::now() {
-                    tokio::time::sleep_until(due).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(due) => {}
+                        _ = &mut interrupted => break 'stages,
+                    }
                 }
                 k += 1;
                 scheduled += 1;
@@ -117,9 +124,13 @@ pub async fn run(host: &str, segments: &[Segment], timeout: Duration) -> Result<
                 });
             }
         }
-        tokio::time::sleep_until(stage_end).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(stage_end) => {}
+            _ = &mut interrupted => break 'stages,
+        }
         stage_start = stage_end;
     }
+    let schedule_s = started.elapsed().as_secs_f64().min(seconds);
     // Let what is in flight finish (bounded); arrivals still queued then are dropped.
     let deadline = Instant::now() + GRACE.min(timeout);
     while shared.done.load(Ordering::Relaxed)
@@ -153,7 +164,7 @@ pub async fn run(host: &str, segments: &[Segment], timeout: Duration) -> Result<
             dropped,
             late: shared.late.load(Ordering::Relaxed),
             max_start_delay_ms: round2(shared.max_delay_us.load(Ordering::Relaxed) as f64 / 1000.0),
-            delivered_rps: round2(if seconds > 0.0 { sent as f64 / seconds } else { 0.0 }),
+            delivered_rps: round2(if schedule_s > 0.0 { sent as f64 / schedule_s } else { 0.0 }),
         },
         duration_s,
         max_users: segments.iter().map(|s| s.cap).max().unwrap_or(0),
