@@ -70,6 +70,9 @@ async fn redis_outage_scenario_measures_detection_and_recovery() {
     let recover = m["time_to_recover_s"].as_f64().unwrap();
     assert!(detect > 0.0 && detect < 15.0, "time to detect {detect}");
     assert!((0.0..10.0).contains(&recover), "time to recover {recover}");
+    // User traffic ran through the outage (loadgen, a child process) and was stopped at the end.
+    assert!(m["load_requests"].as_u64().unwrap() > 0, "{m}");
+    assert!(m["load_failures"].is_u64() && m["load_p95_ms"].is_number(), "{m}");
     // Steps are timed and in order.
     let steps = report["steps"].as_array().unwrap();
     let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();

@@ -283,7 +283,7 @@ impl Ctx {
             let _rt = self.deps.handle.enter();
             Running::start(&self.deps.loadgen, &spec, &format!("{}-{id}", self.run.id), move |p: &Value| {
                 let elapsed = p["elapsed_s"].as_f64().unwrap_or(0.0);
-                if (elapsed.round() as u64) % 5 == 0 {
+                if (elapsed.round() as u64).is_multiple_of(5) {
                     c.log(
                         format!(
                             "{tag}: {elapsed:.0} s, {} users, {} requests, {} failed, {} rps",
@@ -305,7 +305,10 @@ impl Ctx {
         let found = all.iter().find(|(i, _)| i == id).map(|(_, r)| r.clone());
         found.ok_or_else(|| {
             let known: Vec<&str> = all.iter().map(|(i, _)| i.as_str()).collect();
-            format!("no load generator '{id}' in this run (started: {})", if known.is_empty() { "none".to_string() } else { known.join(", ") })
+            format!(
+                "no load generator '{id}' in this run (started: {})",
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )
         })
     }
 

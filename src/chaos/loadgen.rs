@@ -68,7 +68,9 @@ impl Spec {
                 }
             };
             let text = |v: &Dynamic| {
-                v.clone().into_string().map_err(|_| format!("loadgen option '{k}' must be a string, got {}", v.type_name()))
+                v.clone()
+                    .into_string()
+                    .map_err(|_| format!("loadgen option '{k}' must be a string, got {}", v.type_name()))
             };
             match k.as_str() {
                 "profile" => spec.profile = text(v)?,
@@ -77,7 +79,8 @@ impl Spec {
                 "host" => spec.host = text(v)?,
                 "rate" => spec.rate = Some(number(v)?),
                 "thresholds" => {
-                    let list = v.clone().into_array().map_err(|_| "loadgen option 'thresholds' must be an array of rules")?;
+                    let list =
+                        v.clone().into_array().map_err(|_| "loadgen option 'thresholds' must be an array of rules")?;
                     spec.thresholds = list.iter().map(text).collect::<Result<_, _>>()?;
                 }
                 other => return Err(format!("unknown loadgen option '{other}' (known: {KEYS})")),
@@ -187,16 +190,16 @@ impl Running {
             let result = match status {
                 Err(e) => Err(format!("loadgen: {e}")),
                 Ok(status) => match status.code() {
-                Some(0 | 1) => read_summary(&json),
-                _ if stop_asked(&stopped) && json.is_file() => read_summary(&json),
-                code => {
-                    let why = tail.iter().rev().find(|l| l.starts_with("loadgen:")).or(tail.last());
-                    Err(format!(
-                        "loadgen exited with {}: {}",
-                        code.map_or("a signal".to_string(), |c| format!("status {c}")),
-                        why.map_or("no error output", String::as_str)
-                    ))
-                }
+                    Some(0 | 1) => read_summary(&json),
+                    _ if stop_asked(&stopped) && json.is_file() => read_summary(&json),
+                    code => {
+                        let why = tail.iter().rev().find(|l| l.starts_with("loadgen:")).or(tail.last());
+                        Err(format!(
+                            "loadgen exited with {}: {}",
+                            code.map_or("a signal".to_string(), |c| format!("status {c}")),
+                            why.map_or("no error output", String::as_str)
+                        ))
+                    }
                 },
             };
             let _ = done.send(Some(result));
@@ -258,7 +261,10 @@ mod tests {
         m.insert("scale".into(), Dynamic::from_float(0.01));
         m.insert("time_scale".into(), Dynamic::from_int(1));
         let s = Spec::from_map(&m, "http://127.0.0.1:1").unwrap();
-        assert_eq!((s.profile.as_str(), s.scale, s.time_scale, s.host.as_str()), ("spike", 0.01, 1.0, "http://127.0.0.1:1"));
+        assert_eq!(
+            (s.profile.as_str(), s.scale, s.time_scale, s.host.as_str()),
+            ("spike", 0.01, 1.0, "http://127.0.0.1:1")
+        );
         m.insert("users".into(), Dynamic::from_int(5));
         let e = Spec::from_map(&m, "x").unwrap_err();
         assert!(e.contains("unknown loadgen option 'users'") && e.contains("time_scale"), "{e}");

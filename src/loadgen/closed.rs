@@ -73,7 +73,6 @@ pub async fn run(
         .register_scenario(lab)
         .set_default(GooseDefault::Host, DEFAULT_HOST)?
         .set_default(GooseDefault::NoTelnet, true)?
-        .set_default(GooseDefault::NoWebSocket, true)?
         .set_default(GooseDefault::NoPrintMetrics, true)?
         .set_default(GooseDefault::ReportFile, "loadgen-report.html")?;
     if own_plan {

@@ -163,7 +163,11 @@ impl Profile {
         let (mut clock, mut rounded, mut previous) = (0.0_f64, 0_u64, 0_u64);
         let mut push = |users: usize, until: f64, steps: &mut Vec<(usize, u64)>| {
             let end = (until * scaling.time).round() as u64;
-            steps.push((users, end.saturating_sub(rounded)));
+            let seconds = end.saturating_sub(rounded);
+            // A step that neither changes the users nor lasts is left out (goose stalls on one).
+            if seconds > 0 || steps.last().map(|s: &(usize, u64)| s.0).unwrap_or(0) != users {
+                steps.push((users, seconds));
+            }
             rounded = end;
         };
         for s in &self.stages {
@@ -242,6 +246,9 @@ mod tests {
 
     #[test]
     fn scaling_keeps_the_total_length_and_at_least_one_user() {
+        // No zero-length step that keeps the users: goose never leaves one.
+        let short = shipped("sustained").goose_plan(Scaling { users: 0.02, time: 0.005 });
+        assert_eq!(short, "10,0s;10,3s;0,0s");
         let s = Scaling { users: 0.01, time: 0.01 };
         let plan = shipped("staged").test_plan(s);
         assert_eq!(plan.iter().map(|p| p.1).sum::<u64>(), 6);

@@ -206,6 +206,8 @@ impl TestService {
             "0.3",
             "--health-cache-ttl-seconds",
             "0",
+            "--loadgen-bin",
+            env!("CARGO_BIN_EXE_loadgen"),
         ];
         all.extend_from_slice(args);
         let config = Config::from_args(all).expect("test config parses");

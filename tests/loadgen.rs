@@ -1,0 +1,257 @@
+//! `loadgen` end to end: the real binary runs each shared profile, scaled down, against the real
+//! service (real redis-server); thresholds set the exit code; the open model keeps its clock;
+//! reports from several machines merge; scripts start, stop and cancel it as a child process.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn loadgen(args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).env_remove("LOADGEN_PROFILES_DIR").args(args);
+    cmd
+}
+
+/// Runs `loadgen` with reports in `dir`, killing it after 60 s; returns the output and the report.
+fn run(dir: &Path, name: &str, args: &[&str]) -> (Output, Value) {
+    let json = dir.join(format!("{name}.json"));
+    let html = dir.join(format!("{name}.html"));
+    let mut child = loadgen(args)
+        .args(["--json", json.to_str().unwrap(), "--report-file", html.to_str().unwrap(), "--quiet"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    });
+    drop(killer); // detached: only acts if the run overstays
+    let out = child.wait_with_output().unwrap();
+    let report = std::fs::read_to_string(&json).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or(Value::Null);
+    (out, report)
+}
+
+fn text(out: &Output) -> String {
+    format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn endpoint<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap_or_else(|| {
+        panic!("no {name} in {report:#}");
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_profile_runs_scaled_down_with_its_plan_and_reports_each_endpoint() {
+    let redis = RedisServer::start();
+    let svc = TestService::start(redis.port, &[]).await;
+    let dir = temp_dir("loadgen-profiles");
+    // (profile, scale, time scale, most users the scaled plan reaches)
+    let cases = [("staged", "0.01", "0.005", 10), ("spike", "0.01", "0.05", 50), ("sustained", "0.02", "0.005", 10)];
+    let host = svc.url("");
+    let runs: Vec<_> = cases
+        .iter()
+        .map(|&(profile, scale, time, _)| {
+            let (dir, host) = (dir.clone(), host.clone());
+            std::thread::spawn(move || {
+                run(&dir, profile, &["--profile", profile, "--scale", scale, "--time-scale", time, "--host", &host])
+            })
+        })
+        .collect();
+    for ((profile, _, _, users), handle) in cases.iter().zip(runs) {
+        let (out, report) = handle.join().unwrap();
+        assert!(out.status.success(), "{profile}: {}", text(&out));
+        assert_eq!(report["profile"], *profile);
+        assert_eq!(report["model"], "closed");
+        assert_eq!(report["max_users"], *users, "{profile}: {report:#}");
+        assert_eq!(report["passed"], true);
+        assert_eq!(report["totals"]["failures"], 0, "{profile}: {report:#}");
+        // The spike's 50 users with 0.1-0.5 s think time reach every endpoint; the others may
+        // not call /chaos/status (weight 1 of 9) in 3 s, but always call / and /health.
+        let names: &[&str] = if *profile == "spike" {
+            &["GET /", "GET /health", "GET /chaos/status"]
+        } else {
+            &["GET /", "GET /health"]
+        };
+        for name in names {
+            let e = endpoint(&report, name);
+            assert!(e["requests"].as_u64().unwrap() > 0, "{profile} {name}: {e}");
+            assert!(
+                e["p95_ms"].as_f64().unwrap() > 0.0 && e["p99_ms"].as_f64().unwrap() >= e["p50_ms"].as_f64().unwrap()
+            );
+            assert!(e["status_codes"]["200"].as_u64().unwrap() > 0);
+        }
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(summary.contains("p95 ms") && summary.contains("result: PASS"), "{summary}");
+        let html = std::fs::read_to_string(dir.join(format!("{profile}.html"))).unwrap();
+        assert!(html.contains("<html"), "goose's HTML report was written");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_breached_threshold_exits_non_zero() {
+    let mut redis = RedisServer::start();
+    let svc = TestService::start(redis.port, &[]).await;
+    redis.stop(); // every /health and GET / now fails
+    let dir = temp_dir("loadgen-threshold");
+    let host = svc.url("");
+    let (out, report) = tokio::task::spawn_blocking(move || {
+        run(&dir, "down", &["--profile", "sustained", "--scale", "0.02", "--time-scale", "0.005", "--host", &host])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_eq!(report["passed"], false);
+    let rule = report["thresholds"].as_array().unwrap().iter().find(|t| t["rule"] == "error-rate<1%").unwrap();
+    assert_eq!(rule["passed"], false, "{rule}");
+    assert!(endpoint(&report, "GET /health")["failures"].as_u64().unwrap() > 0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("result: FAIL"));
+
+    // A rule given on the command line replaces the defaults, and a broken one is refused.
+    let (out, _) = run(&temp_dir("loadgen-rule"), "bad", &["--threshold", "p95<<1", "--host", "http://127.0.0.1:9"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_model_keeps_its_rate_and_reports_late_and_dropped() {
+    let redis = RedisServer::start();
+    let svc = TestService::start(redis.port, &[]).await;
+    let dir = temp_dir("loadgen-open");
+    let host = svc.url("");
+    let (out, report) = tokio::task::spawn_blocking(move || {
+        run(&dir, "open", &["--profile", "sustained", "--time-scale", "0.005", "--rate", "300", "--host", &host])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(report["model"], "open");
+    let open = &report["open_model"];
+    let delivered = open["delivered_rps"].as_f64().unwrap();
+    assert!((delivered - 300.0).abs() < 15.0, "delivered {delivered} rps for a 300 rps target: {open}");
+    assert_eq!(open["dropped"], 0, "{open}");
+    assert!(open["late"].is_u64() && open["scheduled"].as_u64().unwrap() > 800, "{open}");
+    assert_eq!(report["totals"]["requests"], open["sent"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_from_several_machines_merge_into_one() {
+    let redis = RedisServer::start();
+    let svc = TestService::start(redis.port, &[]).await;
+    let dir = temp_dir("loadgen-merge");
+    let host = svc.url("");
+    let parts: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|name| {
+            let (dir, host) = (dir.clone(), host.clone());
+            std::thread::spawn(move || {
+                let args =
+                    ["--profile", "spike", "--scale", "0.02", "--time-scale", "0.03", "--split", "2", "--host", &host];
+                run(&dir, name, &args)
+            })
+        })
+        .collect();
+    let reports: Vec<Value> = parts
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .map(|(o, r)| {
+            assert!(o.status.success(), "{}", text(&o));
+            r
+        })
+        .collect();
+    assert!(reports.iter().all(|r| r["max_users"] == 50 && r["split"] == 2), "each machine takes half of 100 users");
+    let merged: PathBuf = dir.join("merged.json");
+    let out = loadgen(&["merge", dir.join("a.json").to_str().unwrap(), dir.join("b.json").to_str().unwrap()])
+        .args(["--json", merged.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&merged).unwrap()).unwrap();
+    let sum = |r: &Value| r["totals"]["requests"].as_u64().unwrap();
+    assert_eq!(sum(&m), sum(&reports[0]) + sum(&reports[1]));
+    assert_eq!(m["parts"], 2);
+    assert_eq!(m["max_users"], 100);
+    assert_eq!(m["passed"], true);
+    let health = |r: &Value| endpoint(r, "GET /health")["histogram"]["count"].as_u64().unwrap();
+    assert_eq!(health(&m), health(&reports[0]) + health(&reports[1]));
+    // A report of another profile does not merge.
+    let other = dir.join("other.json");
+    let mut r: Value = reports[0].clone();
+    r["profile"] = json!("staged");
+    std::fs::write(&other, r.to_string()).unwrap();
+    let out = loadgen(&["merge", dir.join("a.json").to_str().unwrap(), other.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("cannot merge"), "{}", text(&out));
+}
+
+#[test]
+fn bad_profiles_and_options_are_refused_with_the_reason() {
+    let out = loadgen(&["--profile", "nope"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("available profiles") && text(&out).contains("staged"), "{}", text(&out));
+    let out = loadgen(&["--scale", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("--scale") && text(&out).contains("more than 0"), "{}", text(&out));
+    let out = loadgen(&["--help"]).output().unwrap();
+    let help = text(&out);
+    for flag in
+        ["--profile", "--scale", "--time-scale", "--rate", "--split", "--json", "--threshold", "--report-file", "merge"]
+    {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+/// Processes whose command line mentions `needle` (the run id is in the report path).
+fn processes_with(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(needle))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_get_a_summary_and_a_cancelled_run_stops_its_load() {
+    let redis = RedisServer::start();
+    let svc = TestService::start(redis.port, &[]).await;
+    let report = run_and_wait(
+        &svc,
+        json!({"script": "let s = loadgen(#{profile: \"sustained\", scale: 0.02, time_scale: 0.005});\n\
+                          expect(s.requests > 0, `requests: ${s.requests}`);\ns"}),
+    )
+    .await;
+    assert_eq!(report["status"], "succeeded", "{report:#}");
+    let s = &report["result"];
+    for k in ["requests", "failures", "rps", "p50_ms", "p95_ms", "p99_ms"] {
+        assert!(s[k].is_number(), "summary lacks {k}: {s}");
+    }
+    assert_eq!(s["failures"], 0);
+
+    // A long profile started in the background is stopped when the run is cancelled.
+    let id =
+        start_run(&svc, json!({"script": "let lg = loadgen_start(#{profile: \"staged\", scale: 0.01});\nsleep(600);"}))
+            .await;
+    assert!(eventually(Duration::from_secs(10), || async { processes_with(&id) == 1 }).await, "loadgen child running");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    http().post(svc.url(&format!("/chaos/runs/{id}/cancel"))).send().await.unwrap();
+    let report = wait_run(&svc, &id, Duration::from_secs(20)).await;
+    assert_eq!(report["status"], "cancelled", "{report:#}");
+    let undo = &report["undo"][0];
+    assert_eq!(undo["action"], "stop loadgen-1", "{report:#}");
+    assert_eq!(undo["ok"], true, "{undo}");
+    assert!(undo["detail"].as_str().unwrap().starts_with("stopped after"), "{undo}");
+    assert_eq!(processes_with(&id), 0, "the loadgen child is gone");
+
+    // Options are checked by name, with the script line.
+    let report = run_and_wait(&svc, json!({"script": "\nloadgen(#{users: 5});"})).await;
+    assert_eq!(report["status"], "failed");
+    assert!(report["error"]["message"].as_str().unwrap().contains("unknown loadgen option 'users'"), "{report:#}");
+    assert_eq!(report["error"]["line"], 2);
+}
