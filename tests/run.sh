@@ -4,8 +4,10 @@
 #   bash tests/run.sh            # format check, clippy, unit + integration tests
 #   CARGO_JOBS=4 bash tests/run.sh
 #
-# The integration tests start their own redis-server processes on free loopback ports, so the
-# only system package needed is redis-server (Debian), installed here when it is missing.
+# The integration tests start their own redis-server processes on free loopback ports; the Locust
+# test and the infra checks need Python tools, installed into the venv target/py from
+# loadtests/locust/requirements.txt and tests/infra/requirements.txt. System packages that are
+# missing (redis-server, openssl, python3-venv) are installed with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,17 @@ apt_install() {
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 command -v openssl >/dev/null 2>&1 || apt_install openssl   # certificates for the Redis TLS test
 command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
+
+# Python tools in a venv under target/: Locust (tests/locust.rs runs it) and the infra checks.
+command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+py=target/py
+if [ ! -x "$py/bin/pip" ]; then
+  rm -rf "$py"
+  python3 -m venv "$py" 2>/dev/null || { apt_install python3-venv; rm -rf "$py"; python3 -m venv "$py"; }
+fi
+"$py/bin/pip" install --quiet --disable-pip-version-check \
+  -r loadtests/locust/requirements.txt -r tests/infra/requirements.txt
+PATH="$PWD/$py/bin:$PATH" bash tests/infra/check.sh   # Dockerfile lint, Bicep syntax, azd outputs
 
 jobs="${CARGO_JOBS:-2}"
 cargo fmt --check
