@@ -16,6 +16,7 @@ use rhai::{AST, Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, Nat
 use serde_json::{Value, json};
 
 use super::report::{Expectation, LogLine, RunShared, RunStatus, ScriptError, Step, StopReason, UndoRecord};
+use crate::faults::deploy::{DeployBackend, DeployFault, DeployFaultKind, RecordingDeploy};
 use crate::faults::network::{BlockSpec, LatencySpec, NetworkBackend, NetworkFault, RecordingBackend};
 use crate::faults::{self, Faults};
 use crate::store::Store;
@@ -39,6 +40,8 @@ pub struct Deps {
     pub faults: Arc<Faults>,
     pub store: Option<Store>,
     pub network: Arc<dyn NetworkBackend>,
+    /// Broken-revision faults; `None` when the service does not know its container app.
+    pub deploy: Option<Arc<dyn DeployBackend>>,
     /// The service's own base URL, for `http()`, `health()` and `status()`.
     pub self_url: String,
     pub http: reqwest::Client,
@@ -94,6 +97,7 @@ pub const API_FUNCTIONS: &[&str] = &[
     "network_clear",
     "network_latency",
     "network_reset_peers",
+    "deploy_fault",
     "http",
     "health",
     "status",
@@ -107,6 +111,7 @@ enum Undo {
     StopLoad(u64),
     StopHang(u64),
     ClearNetwork(String),
+    RestoreRevision(DeployFault),
     Rollback(FnPtr),
 }
 
@@ -116,6 +121,9 @@ impl Undo {
             Self::StopLoad(_) => "stop the load".into(),
             Self::StopHang(_) => "end the hang".into(),
             Self::ClearNetwork(id) => format!("clear network fault {id}"),
+            Self::RestoreRevision(f) => {
+                format!("restore revision {} (undo {})", f.previous.as_deref().unwrap_or("?"), f.revision)
+            }
             Self::Rollback(f) => format!("on_rollback closure {}", f.fn_name()),
         }
     }
@@ -133,6 +141,7 @@ struct Ctx {
     quiet: AtomicUsize,
     undoing: AtomicBool,
     dry_network: RecordingBackend,
+    dry_deploy: RecordingDeploy,
 }
 
 type Fallible<T> = Result<T, Box<EvalAltResult>>;
@@ -140,6 +149,17 @@ type Fallible<T> = Result<T, Box<EvalAltResult>>;
 impl Ctx {
     fn network(&self) -> &dyn NetworkBackend {
         if self.dry_run { &self.dry_network } else { self.deps.network.as_ref() }
+    }
+
+    fn deploy(&self) -> Result<&dyn DeployBackend, String> {
+        if self.dry_run {
+            return Ok(&self.dry_deploy);
+        }
+        self.deps.deploy.as_deref().ok_or_else(|| {
+            "deploy faults need the container app: set AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and \
+             SERVICE_APP_NAME (Container Apps sets CONTAINER_APP_NAME itself)"
+                .to_string()
+        })
     }
 
     fn stopped(&self) -> Option<StopReason> {
@@ -580,6 +600,21 @@ fn build(ctx: &Arc<Ctx>) -> Engine {
         })
     });
 
+    // --- deployment ---
+    let c = ctx.clone();
+    e.register_fn("deploy_fault", move |nc: NativeCallContext, kind: ImmutableString| -> Fallible<ImmutableString> {
+        c.step("deploy_fault", kind.to_string(), nc.call_position(), || {
+            let kind = DeployFaultKind::parse(&kind).map_err(|e| e.to_string())?;
+            let deploy = c.deploy()?;
+            let fault = c.block(deploy.inject(kind))?.map_err(|e| e.to_string())?;
+            tracing::Span::current().record("fault.target", fault.app.as_str());
+            let outcome = format!("revision {} created ({})", fault.revision, kind.as_str());
+            let name = fault.revision.clone();
+            c.push_undo(Undo::RestoreRevision(fault));
+            Ok((name.into(), outcome))
+        })
+    });
+
     // --- probes ---
     let c = ctx.clone();
     e.register_fn(
@@ -677,6 +712,7 @@ pub fn execute(run: Arc<RunShared>, deps: Arc<Deps>, ast: AST, params: serde_jso
         quiet: AtomicUsize::new(0),
         undoing: AtomicBool::new(false),
         dry_network: RecordingBackend::default(),
+        dry_deploy: RecordingDeploy::default(),
     });
     let run_span = run.span.lock().unwrap().clone().unwrap_or_else(tracing::Span::none);
     let _in_run = run_span.enter(); // every log line of the run carries its run id
@@ -779,6 +815,20 @@ fn perform_undo(ctx: &Ctx, engine: &Engine, ast: &AST, u: Undo, deadline: Instan
                 Ok(Ok(true)) => (true, "cleared".into()),
                 Ok(Ok(false)) => (true, "had already expired or been cleared".into()),
                 Ok(Err(e)) => (false, e.to_string()),
+                Err(_) => (false, "timed out".into()),
+            }
+        }
+        Undo::RestoreRevision(fault) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let undo = async {
+                match ctx.deploy() {
+                    Ok(d) => d.undo(&fault).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                }
+            };
+            match ctx.deps.handle.block_on(tokio::time::timeout(left, undo)) {
+                Ok(Ok(detail)) => (true, detail),
+                Ok(Err(e)) => (false, e),
                 Err(_) => (false, "timed out".into()),
             }
         }
