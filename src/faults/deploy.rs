@@ -163,6 +163,9 @@ impl DeployBackend for ContainerApp {
             {"revisionName": previous, "weight": 100}
         ]}}}});
         self.call(Method::PATCH, "", Some(&traffic)).await?;
+        if fault.revision.is_empty() {
+            return Ok(format!("{previous} active with 100% traffic"));
+        }
         self.call(Method::POST, &format!("/revisions/{}/deactivate", fault.revision), None).await?;
         Ok(format!("{previous} active with 100% traffic, {} deactivated", fault.revision))
     }
