@@ -133,7 +133,9 @@ impl AzureTarget {
     fn need(value: &Option<String>, var: &str, flag: &str) -> anyhow::Result<String> {
         match value.as_deref().map(str::trim) {
             Some(v) if !v.is_empty() => Ok(v.to_string()),
-            _ => bail!("{var} is not set: run `azd env get-values` (or `eval \"$(azd env get-values)\"`) or pass {flag}"),
+            _ => {
+                bail!("{var} is not set: run `azd env get-values` (or `eval \"$(azd env get-values)\"`) or pass {flag}")
+            }
         }
     }
     fn nsg(&self) -> anyhow::Result<NsgRef> {

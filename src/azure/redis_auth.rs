@@ -52,7 +52,9 @@ impl EntraRedisAuth {
                         failures = 0;
                         let token = t.token.secret().to_string();
                         let user = username.clone().or_else(|| oid_claim(&token)).unwrap_or_else(|| {
-                            tracing::warn!("the Redis token has no oid claim; set REDIS_USERNAME to the identity's object id");
+                            tracing::warn!(
+                                "the Redis token has no oid claim; set REDIS_USERNAME to the identity's object id"
+                            );
                             "default".into()
                         });
                         tracing::debug!(user = %user, expires_on = %t.expires_on, "new Redis access token");

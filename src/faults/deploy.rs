@@ -119,12 +119,10 @@ impl DeployBackend for ContainerApp {
     async fn inject(&self, kind: DeployFaultKind) -> Result<DeployFault, FaultError> {
         let app = self.call(Method::GET, "", None).await?;
         let props = &app["properties"];
-        let previous = props["latestReadyRevisionName"]
-            .as_str()
-            .or(props["latestRevisionName"].as_str())
-            .map(str::to_string);
+        let previous =
+            props["latestReadyRevisionName"].as_str().or(props["latestRevisionName"].as_str()).map(str::to_string);
         let mut template = props["template"].clone();
-        if !template["containers"].as_array().is_some_and(|c| !c.is_empty()) {
+        if template["containers"].as_array().is_none_or(|c| c.is_empty()) {
             return Err(FaultError::Backend(format!("{} has no containers in its template", self.what())));
         }
         let suffix = format!("chaos-{}-{}", kind.as_str(), &uuid::Uuid::new_v4().simple().to_string()[..6]);
@@ -142,12 +140,7 @@ impl DeployBackend for ContainerApp {
             }
         }
         self.call(Method::PATCH, "", Some(&json!({"properties": {"template": template}}))).await?;
-        Ok(DeployFault {
-            kind,
-            app: self.app.name.clone(),
-            revision: format!("{}--{suffix}", self.app.name),
-            previous,
-        })
+        Ok(DeployFault { kind, app: self.app.name.clone(), revision: format!("{}--{suffix}", self.app.name), previous })
     }
 
     async fn undo(&self, fault: &DeployFault) -> Result<String, FaultError> {

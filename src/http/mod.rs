@@ -24,13 +24,13 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::azure::{Arm, EntraRedisAuth};
 use crate::chaos::Runs;
 use crate::chaos::catalog::Catalog;
 use crate::chaos::engine::Deps;
-use crate::azure::{Arm, EntraRedisAuth};
 use crate::config::{Config, NetworkBackendKind, RedisAuth};
-use crate::faults::deploy::{ContainerApp, DeployBackend};
 use crate::faults::Faults;
+use crate::faults::deploy::{ContainerApp, DeployBackend};
 use crate::faults::network::{AzureNsg, Disabled, LocalProxy, NetworkBackend};
 use crate::store::Store;
 use error::ApiError;
@@ -99,7 +99,7 @@ impl AppState {
                         _ => None,
                     },
                 )
-                    .context("cannot set up the Redis client")?,
+                .context("cannot set up the Redis client")?,
             )
         } else {
             None

@@ -2,6 +2,8 @@
 //! `127.0.0.1:0` in-process (or as the `chaos-lab` binary when a test needs signals).
 #![allow(dead_code)]
 
+pub mod fake_azure;
+
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

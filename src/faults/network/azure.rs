@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use azure_core::credentials::TokenCredential;
 use azure_mgmt_network::models::security_rule_properties_format::Protocol;
-use azure_mgmt_network::models::{SecurityRule, SecurityRuleAccess, SecurityRuleDirection, SecurityRulePropertiesFormat};
+use azure_mgmt_network::models::{
+    SecurityRule, SecurityRuleAccess, SecurityRuleDirection, SecurityRulePropertiesFormat,
+};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures::StreamExt;
 
@@ -182,12 +184,8 @@ impl AzureNsg {
             p.destination_port_range = Some(port.to_string());
             let mut rule = SecurityRule::new();
             rule.properties = Some(p);
-            let sent = self
-                .inner
-                .rules
-                .create_or_update(&n.resource_group, &n.nsg, &name, rule, &n.subscription)
-                .send()
-                .await;
+            let sent =
+                self.inner.rules.create_or_update(&n.resource_group, &n.nsg, &name, rule, &n.subscription).send().await;
             match sent {
                 Ok(resp) => {
                     self.wait_sdk(resp.as_raw_response()).await?;
@@ -213,7 +211,9 @@ impl AzureNsg {
     /// Deletes one rule and waits until it is gone; `Ok(false)` when it was not there.
     pub async fn delete_rule(&self, name: &str) -> Result<bool, FaultError> {
         if !name.starts_with(RULE_PREFIX) {
-            return Err(FaultError::Invalid(format!("'{name}' is not a chaos-lab rule (they start with {RULE_PREFIX})")));
+            return Err(FaultError::Invalid(format!(
+                "'{name}' is not a chaos-lab rule (they start with {RULE_PREFIX})"
+            )));
         }
         let n = &self.inner.nsg;
         let sent = self.inner.rules.delete(&n.resource_group, &n.nsg, name, &n.subscription).send().await;
