@@ -38,6 +38,8 @@ use error::ApiError;
 /// How long SIGTERM waits for runs to undo their faults (a local undo takes milliseconds; this
 /// leaves room for a slow network backend while keeping shutdown within a few seconds).
 const SHUTDOWN_UNDO_GRACE: Duration = Duration::from_secs(3);
+/// How long SIGTERM waits for the network backend to clear what is left (ARM calls on Azure).
+const SHUTDOWN_CLEAR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
@@ -162,8 +164,15 @@ impl AppState {
     pub async fn shutdown(&self) {
         self.runs.shutdown(SHUTDOWN_UNDO_GRACE).await;
         self.faults.shutdown().await;
-        if let Err(e) = self.network.clear_all().await {
-            tracing::error!(error = %e, "could not clear network faults at shutdown");
+        // Bounded: an unreachable ARM must not hold the process past the platform's grace period;
+        // Azure rules carry their expiry and the next replica's sweeper removes them.
+        match tokio::time::timeout(SHUTDOWN_CLEAR_TIMEOUT, self.network.clear_all()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "could not clear network faults at shutdown"),
+            Err(_) => tracing::error!(
+                seconds = SHUTDOWN_CLEAR_TIMEOUT.as_secs(),
+                "network faults not cleared in time at shutdown; they expire by themselves"
+            ),
         }
     }
 }
