@@ -28,6 +28,8 @@ fn azure_args<'a>(fake: &'a FakeAzure, sub: &'a str, client: &'a str) -> Vec<&'a
         client,
         "--azure-resource-manager-endpoint",
         fake.base.as_str(),
+        "--network-fault-backend",
+        "azure",
     ]
 }
 

@@ -208,6 +208,9 @@ impl TestService {
             "0.3",
             "--health-cache-ttl-seconds",
             "0",
+            // An exported azd environment (AZURE_NSG_NAME, …) must not switch tests to Azure.
+            "--network-fault-backend",
+            "local",
         ];
         all.extend_from_slice(args);
         let config = Config::from_args(all).expect("test config parses");
