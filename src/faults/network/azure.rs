@@ -279,8 +279,14 @@ impl AzureNsg {
             return FaultError::Backend(format!("ARM request for {} failed: {e}", self.what()));
         };
         let status = h.status() as u16;
-        let body = serde_json::json!({"error": {"code": h.error_code(), "message": h.error_message()}});
-        FaultError::Backend(ArmError::from_status(status, "request", &self.what(), &body, &self.what()).to_string())
+        let (code, message) = (h.error_code().unwrap_or("no error code"), h.error_message().unwrap_or("no message"));
+        if status == 403 {
+            let what = self.what();
+            return FaultError::Backend(
+                ArmError::Forbidden { what, code: code.into(), message: message.into() }.to_string(),
+            );
+        }
+        FaultError::Backend(format!("ARM answered {status} for {} ({code}: {message})", self.what()))
     }
 
     fn fault(&self, rule: &ChaosRule) -> NetworkFault {
