@@ -88,15 +88,14 @@ pub struct ChaosConfig {
     pub max_concurrent_runs: u32,
 
     /// Where network faults are applied: `local` (an embedded TCP proxy between the service and
-    /// Redis) or `none` (network faults are refused; Redis is reached directly).
-    #[arg(
-        long,
-        env = "NETWORK_FAULT_BACKEND",
-        value_name = "NETWORK_FAULT_BACKEND",
-        default_value = "local",
-        value_enum
-    )]
-    pub network_fault_backend: NetworkBackendKind,
+    /// Redis), `azure` (deny rules in the NSG AZURE_NSG_NAME) or `none` (network faults are
+    /// refused; Redis is reached directly). Default: `azure` when AZURE_SUBSCRIPTION_ID,
+    /// AZURE_RESOURCE_GROUP and AZURE_NSG_NAME are all set, `local` otherwise.
+    #[arg(long, env = "NETWORK_FAULT_BACKEND", value_name = "NETWORK_FAULT_BACKEND", value_enum)]
+    pub network_fault_backend: Option<NetworkBackendKind>,
+
+    #[command(flatten)]
+    pub azure: AzureConfig,
 
     /// The `loadgen` binary that script runs start for `loadgen()` (default: `loadgen` next to
     /// this executable, else on PATH). Its reports go to RUNS_DIR/loadgen/.
@@ -108,7 +107,83 @@ pub struct ChaosConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum NetworkBackendKind {
     Local,
+    Azure,
     None,
+}
+
+/// Where the service finds its Azure resources (the azd environment's names). Every value is
+/// optional: only the features that need one ask for it, and say which is missing.
+#[derive(Debug, Clone, Default, Args)]
+pub struct AzureConfig {
+    /// Subscription holding the NSG and the container app.
+    #[arg(long, env = "AZURE_SUBSCRIPTION_ID", value_name = "AZURE_SUBSCRIPTION_ID")]
+    pub azure_subscription_id: Option<String>,
+
+    /// Resource group holding the NSG and the container app.
+    #[arg(long, env = "AZURE_RESOURCE_GROUP", value_name = "AZURE_RESOURCE_GROUP")]
+    pub azure_resource_group: Option<String>,
+
+    /// Network security group of the Redis private-endpoint subnet (the azure network backend
+    /// writes its deny rules there).
+    #[arg(long, env = "AZURE_NSG_NAME", value_name = "AZURE_NSG_NAME")]
+    pub azure_nsg_name: Option<String>,
+
+    /// Destination port an NSG deny rule blocks when the fault names none (Azure Managed Redis
+    /// listens on 10000).
+    #[arg(long, env = "AZURE_NSG_RULE_PORT", value_name = "AZURE_NSG_RULE_PORT", default_value = "10000",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub azure_nsg_rule_port: u16,
+
+    /// Client id of the user-assigned managed identity to use (none = the system-assigned one).
+    #[arg(long, env = "AZURE_CLIENT_ID", value_name = "AZURE_CLIENT_ID")]
+    pub azure_client_id: Option<String>,
+
+    /// Azure Resource Manager base URL. Only tests change it (to a fake on loopback); tokens are
+    /// still requested for https://management.azure.com.
+    #[arg(long, env = "AZURE_RESOURCE_MANAGER_ENDPOINT", value_name = "AZURE_RESOURCE_MANAGER_ENDPOINT",
+          default_value = "https://management.azure.com", value_parser = parse_http_url("AZURE_RESOURCE_MANAGER_ENDPOINT"))]
+    pub azure_resource_manager_endpoint: String,
+
+    /// Name of this container app, for deploy_fault() (falls back to CONTAINER_APP_NAME, which
+    /// Container Apps sets by itself).
+    #[arg(long, env = "SERVICE_APP_NAME", value_name = "SERVICE_APP_NAME")]
+    pub service_app_name: Option<String>,
+}
+
+impl AzureConfig {
+    /// The NSG the azure network backend edits, when all three names are set.
+    pub fn nsg(&self) -> Option<crate::azure::NsgRef> {
+        Some(crate::azure::NsgRef {
+            subscription: self.azure_subscription_id.clone()?,
+            resource_group: self.azure_resource_group.clone()?,
+            nsg: self.azure_nsg_name.clone()?,
+        })
+    }
+
+    /// This container app, when subscription, group and app name are known.
+    pub fn app(&self) -> Option<crate::azure::AppRef> {
+        let name = self
+            .service_app_name
+            .clone()
+            .or_else(|| std::env::var("CONTAINER_APP_NAME").ok())
+            .filter(|n| !n.trim().is_empty())?;
+        Some(crate::azure::AppRef {
+            subscription: self.azure_subscription_id.clone()?,
+            resource_group: self.azure_resource_group.clone()?,
+            name,
+        })
+    }
+}
+
+/// How the service authenticates to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RedisAuth {
+    /// No AUTH.
+    None,
+    /// REDIS_PASSWORD (and REDIS_USERNAME for an ACL user).
+    Password,
+    /// Microsoft Entra ID: an access token of the managed identity, refreshed on live connections.
+    Entra,
 }
 
 /// How log lines are written.
@@ -143,7 +218,14 @@ pub struct RedisConfig {
     #[arg(long, env = "REDIS_CA_CERT", value_name = "REDIS_CA_CERT")]
     pub redis_ca_cert: Option<std::path::PathBuf>,
 
-    /// Redis ACL user name (needs REDIS_PASSWORD).
+    /// How to authenticate: `none`, `password` (REDIS_PASSWORD) or `entra` (a Microsoft Entra ID
+    /// token of the managed identity; needs REDIS_SSL=true). Default: `password` when
+    /// REDIS_PASSWORD is set, `none` otherwise.
+    #[arg(long, env = "REDIS_AUTH", value_name = "REDIS_AUTH", value_enum)]
+    pub redis_auth: Option<RedisAuth>,
+
+    /// Redis ACL user name. With REDIS_AUTH=password it needs REDIS_PASSWORD; with entra it
+    /// defaults to the identity's object id (the token's `oid` claim).
     #[arg(long, env = "REDIS_USERNAME", value_name = "REDIS_USERNAME")]
     pub redis_username: Option<String>,
 
@@ -182,12 +264,55 @@ pub struct RedisConfig {
     pub redis_backoff_cap: Duration,
 }
 
+impl RedisConfig {
+    /// REDIS_AUTH, or what REDIS_PASSWORD implies when it is not set.
+    pub fn auth(&self) -> RedisAuth {
+        self.redis_auth.unwrap_or(if self.redis_password.is_some() { RedisAuth::Password } else { RedisAuth::None })
+    }
+}
+
+impl ChaosConfig {
+    /// NETWORK_FAULT_BACKEND, or `azure` when the NSG is fully named, else `local`.
+    pub fn network_backend(&self) -> NetworkBackendKind {
+        self.network_fault_backend.unwrap_or(if self.azure.nsg().is_some() {
+            NetworkBackendKind::Azure
+        } else {
+            NetworkBackendKind::Local
+        })
+    }
+}
+
 impl Config {
     /// Checks rules that involve more than one setting. Called by `main` right after parsing.
     pub fn validate(&self) -> Result<(), String> {
         let r = &self.redis;
-        if r.redis_username.is_some() && r.redis_password.is_none() {
-            return Err("REDIS_USERNAME is set but REDIS_PASSWORD is not: set both, or neither".into());
+        match r.auth() {
+            RedisAuth::Entra => {
+                if r.redis_password.is_some() {
+                    return Err("REDIS_AUTH=entra uses an access token as the password: unset REDIS_PASSWORD".into());
+                }
+                if !r.redis_ssl {
+                    return Err("REDIS_AUTH=entra sends an access token: set REDIS_SSL=true (Azure Managed Redis \
+                                accepts TLS only)"
+                        .into());
+                }
+            }
+            RedisAuth::Password if r.redis_password.is_none() => {
+                return Err("REDIS_AUTH=password needs REDIS_PASSWORD".into());
+            }
+            RedisAuth::Password | RedisAuth::None => {
+                if r.redis_username.is_some() && r.redis_password.is_none() {
+                    return Err("REDIS_USERNAME is set but REDIS_PASSWORD is not: set both, or neither".into());
+                }
+            }
+        }
+        if r.auth() == RedisAuth::None && r.redis_password.is_some() {
+            return Err("REDIS_AUTH=none but REDIS_PASSWORD is set: unset one of them".into());
+        }
+        if self.chaos.network_fault_backend == Some(NetworkBackendKind::Azure) && self.chaos.azure.nsg().is_none() {
+            return Err("NETWORK_FAULT_BACKEND=azure needs AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and \
+                        AZURE_NSG_NAME (run `azd env get-values` to see them)"
+                .into());
         }
         if r.redis_ca_cert.is_some() && !r.redis_ssl {
             return Err("REDIS_CA_CERT is set but REDIS_SSL is false: set REDIS_SSL=true to use TLS".into());
@@ -234,6 +359,17 @@ fn parse_redis_host(s: &str) -> Result<String, String> {
         return Err(format!("REDIS_HOST must be a host name or IP address, got '{s}'"));
     }
     Ok(s.to_string())
+}
+
+/// A parser for an http(s) base URL; the trailing slash is dropped.
+fn parse_http_url(name: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |s: &str| {
+        let t = s.trim().trim_end_matches('/');
+        match reqwest::Url::parse(t) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(t.to_string()),
+            _ => Err(format!("{name} must be an http(s) URL such as https://management.azure.com, got '{s}'")),
+        }
+    }
 }
 
 fn parse_rate(s: &str) -> Result<f64, String> {
@@ -306,5 +442,25 @@ mod tests {
     fn cross_field_rules() {
         let c = Config::from_args(["--redis-backoff-base", "5", "--redis-backoff-cap", "1"]).unwrap();
         assert!(c.validate().unwrap_err().contains("REDIS_BACKOFF_CAP"));
+        let c = Config::from_args(["--redis-auth", "entra"]).unwrap();
+        assert!(c.validate().unwrap_err().contains("set REDIS_SSL=true"));
+        let c = Config::from_args(["--redis-auth", "entra", "--redis-ssl", "true", "--redis-password", "x"]).unwrap();
+        assert!(c.validate().unwrap_err().contains("unset REDIS_PASSWORD"));
+        let c = Config::from_args(["--redis-auth", "password"]).unwrap();
+        assert!(c.validate().unwrap_err().contains("needs REDIS_PASSWORD"));
+        let c = Config::from_args(["--network-fault-backend", "azure", "--azure-nsg-name", "n"]).unwrap();
+        assert!(c.validate().unwrap_err().contains("AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP"));
+    }
+
+    #[test]
+    fn azure_backend_is_chosen_when_the_nsg_is_named() {
+        let named = ["--azure-subscription-id", "s", "--azure-resource-group", "g", "--azure-nsg-name", "n"];
+        let c = Config::from_args(named).unwrap();
+        assert_eq!(c.chaos.network_backend(), NetworkBackendKind::Azure);
+        let c = Config::from_args(named.into_iter().chain(["--network-fault-backend", "local"])).unwrap();
+        assert_eq!(c.chaos.network_backend(), NetworkBackendKind::Local);
+        let c = Config::from_args(["--azure-nsg-name", "n"]).unwrap();
+        assert_eq!(c.chaos.network_backend(), NetworkBackendKind::Local);
+        assert_eq!(c.redis.auth(), RedisAuth::None);
     }
 }

@@ -4,14 +4,18 @@
 //! # Layout
 //! - [`config`]: every setting, from the environment or a flag, validated before anything starts.
 //! - [`store`]: the app's Redis access: pool, retries with backoff, the connection reset.
-//! - [`faults`]: CPU/memory load and hangs; one implementation per fault, each stoppable.
+//! - [`faults`]: CPU/memory load, hangs, network faults (local proxy or Azure NSG), broken
+//!   Container Apps revisions; one implementation per fault, each stoppable.
+//! - [`azure`]: the managed-identity credential, a small ARM client, Entra ID for Redis.
 //! - [`chaos`]: the scenario engine: Rhai runs, the scenario catalog, journals, undo.
 //! - [`http`]: routes, extractors, the error envelope; `http` → `chaos` → `faults` → `store`.
-//! - [`cli`]: the `check` and `run` subcommands of the binary.
+//! - [`cli`]: the binary's subcommands: `check`, `run`, and the operator's `network`,
+//!   `deploy-fault` and `revisions`.
 //! - [`telemetry`]: metrics with the original lab's names, also served at `GET /metrics`.
 //! - [`serve`]: runs the API on a bound listener until a shutdown future resolves.
 #![forbid(unsafe_code)]
 
+pub mod azure;
 pub mod chaos;
 pub mod cli;
 pub mod config;

@@ -209,8 +209,13 @@ impl Store {
     /// operation (or the first after Redis comes back) connects.
     ///
     /// `via`: connect to this address instead of resolving `REDIS_HOST` (the local fault proxy);
-    /// the host name is still the one TLS verifies.
-    pub fn new(cfg: &RedisConfig, via: Option<SocketAddr>) -> Result<Self, StoreError> {
+    /// the host name is still the one TLS verifies. `entra`: token credentials (REDIS_AUTH=entra),
+    /// re-sent on every live connection whenever the token is refreshed.
+    pub fn new(
+        cfg: &RedisConfig,
+        via: Option<SocketAddr>,
+        entra: Option<crate::azure::EntraRedisAuth>,
+    ) -> Result<Self, StoreError> {
         // redis' rustls needs a process-wide crypto provider; a second install is a harmless no-op.
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 
@@ -237,10 +242,12 @@ impl Store {
         }
         .map_err(|e| StoreError::Config(e.to_string()))?;
 
-        // Seam for token credentials (Entra ID): a credentials provider is set on this config.
         let mut config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(cfg.redis_socket_connect_timeout))
             .set_response_timeout(Some(cfg.redis_socket_timeout));
+        if let Some(auth) = entra {
+            config = config.set_credentials_provider(auth);
+        }
         if let Some(addr) = via {
             config = config.set_dns_resolver(Via(addr));
         }

@@ -21,7 +21,7 @@ fn loadgen(args: &[&str]) -> Command {
 fn run(dir: &Path, name: &str, args: &[&str]) -> (Output, Value) {
     let json = dir.join(format!("{name}.json"));
     let html = dir.join(format!("{name}.html"));
-    let mut child = loadgen(args)
+    let child = loadgen(args)
         .args(["--json", json.to_str().unwrap(), "--report-file", html.to_str().unwrap(), "--quiet"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

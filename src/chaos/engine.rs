@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::loadgen::{LoadgenConfig, Running, Spec};
 use super::report::{Expectation, LogLine, RunShared, RunStatus, ScriptError, Step, StopReason, UndoRecord};
+use crate::faults::deploy::{DeployBackend, DeployFault, DeployFaultKind, RecordingDeploy};
 use crate::faults::network::{BlockSpec, LatencySpec, NetworkBackend, NetworkFault, RecordingBackend};
 use crate::faults::{self, Faults};
 use crate::store::Store;
@@ -40,6 +41,8 @@ pub struct Deps {
     pub faults: Arc<Faults>,
     pub store: Option<Store>,
     pub network: Arc<dyn NetworkBackend>,
+    /// Broken-revision faults; `None` when the service does not know its container app.
+    pub deploy: Option<Arc<dyn DeployBackend>>,
     /// The service's own base URL, for `http()`, `health()` and `status()`.
     pub self_url: String,
     pub http: reqwest::Client,
@@ -97,6 +100,7 @@ pub const API_FUNCTIONS: &[&str] = &[
     "network_clear",
     "network_latency",
     "network_reset_peers",
+    "deploy_fault",
     "http",
     "health",
     "status",
@@ -115,6 +119,7 @@ enum Undo {
     StopHang(u64),
     ClearNetwork(String),
     StopLoadgen(String),
+    RestoreRevision(DeployFault),
     Rollback(FnPtr),
 }
 
@@ -125,6 +130,9 @@ impl Undo {
             Self::StopHang(_) => "end the hang".into(),
             Self::ClearNetwork(id) => format!("clear network fault {id}"),
             Self::StopLoadgen(id) => format!("stop {id}"),
+            Self::RestoreRevision(f) => {
+                format!("restore revision {} (undo {})", f.previous.as_deref().unwrap_or("?"), f.revision)
+            }
             Self::Rollback(f) => format!("on_rollback closure {}", f.fn_name()),
         }
     }
@@ -144,6 +152,7 @@ struct Ctx {
     dry_network: RecordingBackend,
     /// Load generators started by this run, by id (`loadgen-1`, ...).
     loadgens: Mutex<Vec<(String, Arc<Running>)>>,
+    dry_deploy: RecordingDeploy,
 }
 
 type Fallible<T> = Result<T, Box<EvalAltResult>>;
@@ -151,6 +160,17 @@ type Fallible<T> = Result<T, Box<EvalAltResult>>;
 impl Ctx {
     fn network(&self) -> &dyn NetworkBackend {
         if self.dry_run { &self.dry_network } else { self.deps.network.as_ref() }
+    }
+
+    fn deploy(&self) -> Result<&dyn DeployBackend, String> {
+        if self.dry_run {
+            return Ok(&self.dry_deploy);
+        }
+        self.deps.deploy.as_deref().ok_or_else(|| {
+            "deploy faults need the container app: set AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and \
+             SERVICE_APP_NAME (Container Apps sets CONTAINER_APP_NAME itself)"
+                .to_string()
+        })
     }
 
     fn stopped(&self) -> Option<StopReason> {
@@ -660,6 +680,21 @@ fn build(ctx: &Arc<Ctx>) -> Engine {
         })
     });
 
+    // --- deployment ---
+    let c = ctx.clone();
+    e.register_fn("deploy_fault", move |nc: NativeCallContext, kind: ImmutableString| -> Fallible<ImmutableString> {
+        c.step("deploy_fault", kind.to_string(), nc.call_position(), || {
+            let kind = DeployFaultKind::parse(&kind).map_err(|e| e.to_string())?;
+            let deploy = c.deploy()?;
+            let fault = c.block(deploy.inject(kind))?.map_err(|e| e.to_string())?;
+            tracing::Span::current().record("fault.target", fault.app.as_str());
+            let outcome = format!("revision {} created ({})", fault.revision, kind.as_str());
+            let name = fault.revision.clone();
+            c.push_undo(Undo::RestoreRevision(fault));
+            Ok((name.into(), outcome))
+        })
+    });
+
     // --- probes ---
     let c = ctx.clone();
     e.register_fn(
@@ -791,6 +826,7 @@ pub fn execute(run: Arc<RunShared>, deps: Arc<Deps>, ast: AST, params: serde_jso
         undoing: AtomicBool::new(false),
         dry_network: RecordingBackend::default(),
         loadgens: Mutex::new(Vec::new()),
+        dry_deploy: RecordingDeploy::default(),
     });
     let run_span = run.span.lock().unwrap().clone().unwrap_or_else(tracing::Span::none);
     let _in_run = run_span.enter(); // every log line of the run carries its run id
@@ -908,6 +944,20 @@ fn perform_undo(ctx: &Ctx, engine: &Engine, ast: &AST, u: Undo, deadline: Instan
             }
             Err(e) => (false, e),
         },
+        Undo::RestoreRevision(fault) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let undo = async {
+                match ctx.deploy() {
+                    Ok(d) => d.undo(&fault).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                }
+            };
+            match ctx.deps.handle.block_on(tokio::time::timeout(left, undo)) {
+                Ok(Ok(detail)) => (true, detail),
+                Ok(Err(e)) => (false, e),
+                Err(_) => (false, "timed out".into()),
+            }
+        }
         Undo::Rollback(f) => match f.call::<Dynamic>(engine, ast, ()) {
             Ok(_) => (true, "ran".into()),
             Err(e) => (false, e.to_string()),

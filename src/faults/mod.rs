@@ -6,6 +6,7 @@
 //! This module must not know about HTTP.
 
 pub mod cpu;
+pub mod deploy;
 pub mod hang;
 pub mod load;
 pub mod network;
@@ -26,6 +27,12 @@ pub enum FaultError {
     /// What the fault acts on is not there (e.g. Redis disabled).
     #[error("{0}")]
     Unavailable(&'static str),
+    /// The backend cannot apply this kind of fault (e.g. latency with an NSG).
+    #[error("{0}")]
+    Unsupported(String),
+    /// The backend failed to apply or remove the fault (e.g. an ARM error); says why.
+    #[error("{0}")]
+    Backend(String),
     /// The service is shutting down and starts no new fault.
     #[error("The service is shutting down; no new fault can start")]
     ShuttingDown,

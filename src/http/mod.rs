@@ -24,18 +24,22 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+use crate::azure::{Arm, EntraRedisAuth};
 use crate::chaos::Runs;
 use crate::chaos::catalog::Catalog;
 use crate::chaos::engine::Deps;
-use crate::config::{Config, NetworkBackendKind};
+use crate::config::{Config, NetworkBackendKind, RedisAuth};
 use crate::faults::Faults;
-use crate::faults::network::{Disabled, LocalProxy, NetworkBackend};
+use crate::faults::deploy::{ContainerApp, DeployBackend};
+use crate::faults::network::{AzureNsg, Disabled, LocalProxy, NetworkBackend};
 use crate::store::Store;
 use error::ApiError;
 
 /// How long SIGTERM waits for runs to undo their faults (a local undo takes milliseconds; this
 /// leaves room for a slow network backend while keeping shutdown within a few seconds).
 const SHUTDOWN_UNDO_GRACE: Duration = Duration::from_secs(3);
+/// How long SIGTERM waits for the network backend to clear what is left (ARM calls on Azure).
+const SHUTDOWN_CLEAR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
@@ -56,7 +60,26 @@ impl AppState {
     /// backend (starting the local proxy), the Redis client routed through it, the scenario
     /// catalog (watched) and the run journals.
     pub async fn start(config: Config, addr: SocketAddr) -> anyhow::Result<Self> {
-        let (network, proxy): (Arc<dyn NetworkBackend>, _) = match config.chaos.network_fault_backend {
+        let azure = &config.chaos.azure;
+        let backend = config.chaos.network_backend();
+        let app = azure.app();
+        let entra = config.redis.redis_enabled && config.redis.auth() == RedisAuth::Entra;
+        // One credential for ARM and Redis, made only when something needs Azure.
+        let credential = if backend == NetworkBackendKind::Azure || entra || app.is_some() {
+            Some(crate::azure::credential(azure.azure_client_id.as_deref()).map_err(anyhow::Error::msg)?)
+        } else {
+            None
+        };
+        let (network, proxy): (Arc<dyn NetworkBackend>, _) = match backend {
+            NetworkBackendKind::Azure => {
+                let nsg = azure.nsg().context("NETWORK_FAULT_BACKEND=azure needs AZURE_NSG_NAME and friends")?;
+                let cred = credential.clone().context("the Azure credential is set up for the azure backend")?;
+                let backend =
+                    AzureNsg::new(nsg, azure.azure_nsg_rule_port, &azure.azure_resource_manager_endpoint, cred)?;
+                // Removes what a crashed predecessor left, then keeps looking.
+                backend.start_sweeper(crate::faults::network::azure::SWEEP_INTERVAL);
+                (Arc::new(backend), None)
+            }
             NetworkBackendKind::Local => {
                 let proxy = LocalProxy::start(
                     config.redis.redis_host.clone(),
@@ -70,8 +93,15 @@ impl AppState {
         };
         let store = if config.redis.redis_enabled {
             Some(
-                Store::new(&config.redis, proxy.as_ref().map(|p| p.addr()))
-                    .context("cannot set up the Redis client")?,
+                Store::new(
+                    &config.redis,
+                    proxy.as_ref().map(|p| p.addr()),
+                    match (&credential, entra) {
+                        (Some(c), true) => Some(EntraRedisAuth::start(c.clone(), config.redis.redis_username.clone())),
+                        _ => None,
+                    },
+                )
+                .context("cannot set up the Redis client")?,
             )
         } else {
             None
@@ -83,10 +113,18 @@ impl AppState {
             IpAddr::V6(ip) if ip.is_unspecified() => Ipv6Addr::LOCALHOST.into(),
             ip => ip,
         };
+        let deploy: Option<Arc<dyn DeployBackend>> = match (app, &credential) {
+            (Some(app), Some(c)) => {
+                let arm = Arm::new(&azure.azure_resource_manager_endpoint, c.clone())?;
+                Some(Arc::new(ContainerApp::new(app, arm)))
+            }
+            _ => None,
+        };
         let deps = Arc::new(Deps {
             faults: faults.clone(),
             store: store.clone(),
             network: network.clone(),
+            deploy,
             self_url: format!("http://{}", SocketAddr::new(self_ip, addr.port())),
             http: reqwest::Client::builder().build().context("cannot build the HTTP client")?,
             handle: tokio::runtime::Handle::current(),
@@ -130,8 +168,15 @@ impl AppState {
     pub async fn shutdown(&self) {
         self.runs.shutdown(SHUTDOWN_UNDO_GRACE).await;
         self.faults.shutdown().await;
-        if let Err(e) = self.network.clear_all().await {
-            tracing::error!(error = %e, "could not clear network faults at shutdown");
+        // Bounded: an unreachable ARM must not hold the process past the platform's grace period;
+        // Azure rules carry their expiry and the next replica's sweeper removes them.
+        match tokio::time::timeout(SHUTDOWN_CLEAR_TIMEOUT, self.network.clear_all()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "could not clear network faults at shutdown"),
+            Err(_) => tracing::error!(
+                seconds = SHUTDOWN_CLEAR_TIMEOUT.as_secs(),
+                "network faults not cleared in time at shutdown; they expire by themselves"
+            ),
         }
     }
 }

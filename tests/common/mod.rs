@@ -2,6 +2,8 @@
 //! `127.0.0.1:0` in-process (or as the `chaos-lab` binary when a test needs signals).
 #![allow(dead_code)]
 
+pub mod fake_azure;
+
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -208,6 +210,9 @@ impl TestService {
             "0",
             "--loadgen-bin",
             env!("CARGO_BIN_EXE_loadgen"),
+            // An exported azd environment (AZURE_NSG_NAME, …) must not switch tests to Azure.
+            "--network-fault-backend",
+            "local",
         ];
         all.extend_from_slice(args);
         let config = Config::from_args(all).expect("test config parses");

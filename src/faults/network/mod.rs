@@ -1,10 +1,11 @@
 //! Network faults: one interface, several backends. `local` is an embedded TCP fault proxy between
-//! the service and Redis (the default when no Azure settings are given); `azure` (later) edits an
-//! NSG; `recording` applies nothing and only remembers, for dry runs.
+//! the service and Redis (the default when no Azure settings are given); `azure` writes deny
+//! rules in an NSG; `recording` applies nothing and only remembers, for dry runs.
 //!
 //! A backend only applies and removes faults. Who undoes what, and when, is the run's business
 //! (`chaos::undo`) and the kill switch's.
 
+pub mod azure;
 pub mod local;
 mod recording;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use azure::AzureNsg;
 pub use local::LocalProxy;
 pub use recording::RecordingBackend;
 

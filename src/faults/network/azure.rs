@@ -1,0 +1,421 @@
+//! The `azure` network backend: a network fault is an inbound Deny rule in the NSG of the Redis
+//! private-endpoint subnet, written through `azure_mgmt_network` with the managed identity.
+//!
+//! - Rules are named `chaos-…`, take priority 100 or the next free one (a collision with a rule
+//!   written meanwhile is retried on the next priority), and carry their run id and expiry in the
+//!   description: `chaos-lab run=<id> expires=<RFC 3339>`.
+//! - Every rule expires: a block without a duration gets [`DEFAULT_TTL`]. A sweeper deletes
+//!   expired `chaos-` rules at startup and every [`SWEEP_INTERVAL`], so a crash or `kill -9`
+//!   cannot leave Redis blocked; rules without a parseable expiry, and every other rule, are left
+//!   alone.
+//! - The SDK sends the requests (with bounded retries of 429/5xx); the long-running operations
+//!   they start are polled by [`Arm::wait`] on our own cadence, not the SDK's 30 s.
+//!
+//! Latency and connection resets cannot be expressed with an NSG and are refused.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use azure_core::credentials::TokenCredential;
+use azure_mgmt_network::models::security_rule_properties_format::Protocol;
+use azure_mgmt_network::models::{
+    SecurityRule, SecurityRuleAccess, SecurityRuleDirection, SecurityRulePropertiesFormat,
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
+
+use super::{BlockSpec, LatencySpec, NetworkBackend, NetworkFault, NetworkFaultKind};
+use crate::azure::{ARM_SCOPE, Arm, ArmError, ArmResponse, NsgRef};
+use crate::faults::FaultError;
+
+/// Prefix of every rule chaos-lab writes; the sweeper and `clear` touch no other rule.
+pub const RULE_PREFIX: &str = "chaos-";
+/// Expiry of a block that has no duration (a run's timeout is 15 min by default; an operator's
+/// manual block is cleared by hand long before this).
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+/// How often expired rules are looked for.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+/// Priority of the first chaos rule (lower numbers win in an NSG; 100 is the lowest allowed).
+pub const FIRST_PRIORITY: i32 = 100;
+/// Priorities tried after a collision before giving up.
+const PRIORITY_ATTEMPTS: usize = 5;
+
+/// One chaos rule as found in the NSG.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChaosRule {
+    pub name: String,
+    pub priority: i32,
+    pub port: String,
+    pub run_id: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub description: String,
+}
+
+/// The backend; cheap to clone.
+#[derive(Clone)]
+pub struct AzureNsg {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    nsg: NsgRef,
+    default_port: u16,
+    rules: azure_mgmt_network::package_2024_03::security_rules::Client,
+    arm: Arm,
+    /// Rules this process wrote and has not removed yet (what `/chaos/status` shows).
+    faults: Mutex<Vec<NetworkFault>>,
+}
+
+/// The credential adapter the SDK's older `azure_core` needs (the identity crate caches tokens).
+#[derive(Debug, Clone)]
+struct SdkCredential(Arc<dyn TokenCredential>);
+
+#[async_trait::async_trait]
+impl azure_core_021::auth::TokenCredential for SdkCredential {
+    async fn get_token(&self, scopes: &[&str]) -> azure_core_021::Result<azure_core_021::auth::AccessToken> {
+        let t = self.0.get_token(scopes, None).await.map_err(|e| {
+            azure_core_021::error::Error::new(azure_core_021::error::ErrorKind::Credential, e.to_string())
+        })?;
+        Ok(azure_core_021::auth::AccessToken::new(t.token.secret().to_owned(), t.expires_on))
+    }
+    async fn clear_cache(&self) -> azure_core_021::Result<()> {
+        Ok(())
+    }
+}
+
+impl AzureNsg {
+    /// `endpoint`: AZURE_RESOURCE_MANAGER_ENDPOINT. Sends nothing yet.
+    pub fn new(
+        nsg: NsgRef,
+        default_port: u16,
+        endpoint: &str,
+        credential: Arc<dyn TokenCredential>,
+    ) -> Result<Self, FaultError> {
+        let url: azure_core_021::Url =
+            endpoint.parse().map_err(|e| FaultError::Invalid(format!("bad ARM endpoint {endpoint}: {e}")))?;
+        let retry = azure_core_021::ExponentialRetryOptions::default()
+            .max_retries(4u32)
+            .initial_delay(Duration::from_millis(500))
+            .max_delay(Duration::from_secs(8))
+            .max_total_elapsed(Duration::from_secs(60));
+        let client = azure_mgmt_network::Client::builder(Arc::new(SdkCredential(credential.clone())))
+            .endpoint(url)
+            // Without this the SDK asks for a token for "<endpoint>/.default", wrong with a fake.
+            .scopes(&[ARM_SCOPE])
+            .retry(azure_core_021::RetryOptions::exponential(retry))
+            .build()
+            .map_err(|e| FaultError::Backend(format!("cannot build the ARM client: {e}")))?;
+        let arm = Arm::new(endpoint, credential).map_err(|e| FaultError::Backend(e.to_string()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                nsg,
+                default_port,
+                rules: client.security_rules_client(),
+                arm,
+                faults: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// What a 403 names.
+    fn what(&self) -> String {
+        format!("NSG {}", self.inner.nsg.nsg)
+    }
+
+    /// Every rule of the NSG whose name starts with `chaos-`.
+    pub async fn list(&self) -> Result<Vec<ChaosRule>, FaultError> {
+        Ok(self.list_all().await?.into_iter().filter(|r| r.name.starts_with(RULE_PREFIX)).collect())
+    }
+
+    /// Every rule of the NSG (priorities of the others matter when choosing ours).
+    async fn list_all(&self) -> Result<Vec<ChaosRule>, FaultError> {
+        let n = &self.inner.nsg;
+        let mut pages = self.inner.rules.list(&n.resource_group, &n.nsg, &n.subscription).into_stream();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.sdk_error(e))?;
+            for rule in page.value {
+                let Some(p) = rule.properties else { continue };
+                if p.direction != SecurityRuleDirection::Inbound {
+                    continue;
+                }
+                let description = p.description.unwrap_or_default();
+                let (run_id, expires_at) = parse_description(&description);
+                out.push(ChaosRule {
+                    name: rule.name.clone().unwrap_or_default(),
+                    priority: p.priority,
+                    port: p.destination_port_range.unwrap_or_default(),
+                    run_id,
+                    expires_at,
+                    description,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes one deny rule; returns it. Used by `block` and by the operator CLI.
+    pub async fn create_rule(
+        &self,
+        port: u16,
+        expires_at: DateTime<Utc>,
+        run_id: Option<&str>,
+    ) -> Result<ChaosRule, FaultError> {
+        let name = format!("{RULE_PREFIX}block-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let description = format!(
+            "chaos-lab run={} expires={}",
+            run_id.unwrap_or("-"),
+            expires_at.to_rfc3339_opts(SecondsFormat::Secs, true)
+        );
+        let taken: Vec<i32> = self.list_all().await?.iter().map(|r| r.priority).collect();
+        let mut priority = next_free(&taken, FIRST_PRIORITY);
+        let n = &self.inner.nsg;
+        for attempt in 1..=PRIORITY_ATTEMPTS {
+            let mut p = SecurityRulePropertiesFormat::new(
+                Protocol::Tcp,
+                SecurityRuleAccess::Deny,
+                priority,
+                SecurityRuleDirection::Inbound,
+            );
+            p.description = Some(description.clone());
+            p.source_address_prefix = Some("*".into());
+            p.source_port_range = Some("*".into());
+            p.destination_address_prefix = Some("*".into());
+            p.destination_port_range = Some(port.to_string());
+            let mut rule = SecurityRule::new();
+            rule.properties = Some(p);
+            let sent =
+                self.inner.rules.create_or_update(&n.resource_group, &n.nsg, &name, rule, &n.subscription).send().await;
+            match sent {
+                Ok(resp) => {
+                    self.wait_sdk(resp.as_raw_response()).await?;
+                    return Ok(ChaosRule {
+                        name,
+                        priority,
+                        port: port.to_string(),
+                        run_id: run_id.map(str::to_string),
+                        expires_at: Some(expires_at),
+                        description,
+                    });
+                }
+                Err(e) if is_priority_conflict(&e) && attempt < PRIORITY_ATTEMPTS => {
+                    tracing::warn!(priority, rule = %name, "NSG priority taken meanwhile; trying the next one");
+                    priority = next_free(&taken, priority + 1);
+                }
+                Err(e) => return Err(self.sdk_error(e)),
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Deletes one rule and waits until it is gone; `Ok(false)` when it was not there.
+    pub async fn delete_rule(&self, name: &str) -> Result<bool, FaultError> {
+        if !name.starts_with(RULE_PREFIX) {
+            return Err(FaultError::Invalid(format!(
+                "'{name}' is not a chaos-lab rule (they start with {RULE_PREFIX})"
+            )));
+        }
+        let n = &self.inner.nsg;
+        let sent = self.inner.rules.delete(&n.resource_group, &n.nsg, name, &n.subscription).send().await;
+        let found = match sent {
+            Ok(resp) => {
+                let raw = resp.as_raw_response();
+                let found = raw.status() as u16 != 204;
+                self.wait_sdk(raw).await?;
+                found
+            }
+            Err(e) if http_status(&e) == Some(404) => false,
+            Err(e) => return Err(self.sdk_error(e)),
+        };
+        self.inner.faults.lock().unwrap().retain(|f| f.id != name);
+        Ok(found)
+    }
+
+    /// Deletes every `chaos-` rule whose expiry has passed; returns their names.
+    pub async fn sweep_expired(&self) -> Result<Vec<String>, FaultError> {
+        let now = Utc::now();
+        let mut deleted = Vec::new();
+        for rule in self.list().await? {
+            if rule.expires_at.is_some_and(|t| t <= now) {
+                self.delete_rule(&rule.name).await?;
+                tracing::info!(rule = %rule.name, description = %rule.description, "deleted an expired NSG chaos rule");
+                deleted.push(rule.name);
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Sweeps now and then every `every`, for as long as the process runs.
+    pub fn start_sweeper(&self, every: Duration) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                if let Err(e) = me.sweep_expired().await {
+                    tracing::error!(error = %e, nsg = %me.inner.nsg.nsg, "could not sweep expired NSG chaos rules");
+                }
+            }
+        });
+    }
+
+    /// Polls the operation an SDK `send()` started.
+    async fn wait_sdk(&self, raw: &azure_core_021::Response) -> Result<(), FaultError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (k, v) in raw.headers().iter() {
+            if let (Ok(k), Ok(v)) = (
+                reqwest::header::HeaderName::from_bytes(k.as_str().as_bytes()),
+                reqwest::header::HeaderValue::from_str(v.as_str()),
+            ) {
+                headers.insert(k, v);
+            }
+        }
+        let first = ArmResponse { status: raw.status() as u16, headers, body: serde_json::Value::Null };
+        self.inner.arm.wait(&first, &self.what()).await.map_err(|e| FaultError::Backend(e.to_string()))
+    }
+
+    fn sdk_error(&self, e: azure_core_021::Error) -> FaultError {
+        let Some(h) = e.as_http_error() else {
+            return FaultError::Backend(format!("ARM request for {} failed: {e}", self.what()));
+        };
+        let status = h.status() as u16;
+        let (code, message) = (h.error_code().unwrap_or("no error code"), h.error_message().unwrap_or("no message"));
+        if status == 403 {
+            let what = self.what();
+            return FaultError::Backend(
+                ArmError::Forbidden { what, code: code.into(), message: message.into() }.to_string(),
+            );
+        }
+        FaultError::Backend(format!("ARM answered {status} for {} ({code}: {message})", self.what()))
+    }
+
+    fn fault(&self, rule: &ChaosRule) -> NetworkFault {
+        NetworkFault {
+            id: rule.name.clone(),
+            kind: NetworkFaultKind::Block,
+            target: format!("NSG {} port {}", self.inner.nsg.nsg, rule.port),
+            started_at: crate::timestamp(),
+            expires_at: rule.expires_at.map(crate::format_timestamp),
+            run_id: rule.run_id.clone(),
+            cut_existing: Some(false),
+            latency_ms: None,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl NetworkBackend for AzureNsg {
+    fn name(&self) -> &'static str {
+        "azure"
+    }
+
+    async fn block(&self, spec: BlockSpec) -> Result<NetworkFault, FaultError> {
+        if spec.cut_existing {
+            return Err(FaultError::Unsupported(
+                "cut_existing is not supported by the azure backend (an NSG rule only stops new \
+                 connections): call redis_reset() after network_block()"
+                    .into(),
+            ));
+        }
+        let ttl = spec.duration.unwrap_or(DEFAULT_TTL);
+        let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
+        let port = spec.port.unwrap_or(self.inner.default_port);
+        let rule = self.create_rule(port, expires_at, spec.run_id.as_deref()).await?;
+        let fault = self.fault(&rule);
+        self.inner.faults.lock().unwrap().push(fault.clone());
+        if let Some(d) = spec.duration {
+            // Cleared on time by this process; the sweeper is the backstop if it dies first.
+            let me = self.clone();
+            let name = rule.name.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(d).await;
+                if let Err(e) = me.delete_rule(&name).await {
+                    tracing::error!(error = %e, rule = %name, "could not delete an NSG chaos rule at its expiry");
+                }
+            });
+        }
+        Ok(fault)
+    }
+
+    async fn latency(&self, _: LatencySpec) -> Result<NetworkFault, FaultError> {
+        Err(FaultError::Unsupported(
+            "network_latency is not supported by the azure backend (an NSG can only allow or deny)".into(),
+        ))
+    }
+
+    async fn reset_peers(&self) -> Result<usize, FaultError> {
+        Err(FaultError::Unsupported(
+            "network_reset_peers is not supported by the azure backend (an NSG cannot reset connections); \
+             use redis_reset()"
+                .into(),
+        ))
+    }
+
+    async fn clear(&self, id: &str) -> Result<bool, FaultError> {
+        self.delete_rule(id).await
+    }
+
+    async fn clear_all(&self) -> Result<usize, FaultError> {
+        let ids: Vec<String> = self.inner.faults.lock().unwrap().iter().map(|f| f.id.clone()).collect();
+        let mut n = 0;
+        for id in ids {
+            if self.delete_rule(&id).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn faults(&self) -> Vec<NetworkFault> {
+        self.inner.faults.lock().unwrap().clone()
+    }
+}
+
+/// The lowest priority from `from` up that no rule uses.
+fn next_free(taken: &[i32], from: i32) -> i32 {
+    (from..=4096).find(|p| !taken.contains(p)).unwrap_or(4096)
+}
+
+fn http_status(e: &azure_core_021::Error) -> Option<u16> {
+    e.as_http_error().map(|h| h.status() as u16)
+}
+
+/// ARM refuses a second rule with the same priority and direction: 400 `SecurityRuleConflict`
+/// (or a 409 while another write to the NSG is in progress).
+fn is_priority_conflict(e: &azure_core_021::Error) -> bool {
+    e.as_http_error().is_some_and(|h| {
+        h.status() as u16 == 409 || (h.status() as u16 == 400 && h.error_code().is_some_and(|c| c.contains("Conflict")))
+    })
+}
+
+/// `chaos-lab run=<id> expires=<RFC 3339>` → run id and expiry.
+fn parse_description(d: &str) -> (Option<String>, Option<DateTime<Utc>>) {
+    if !d.starts_with("chaos-lab ") {
+        return (None, None);
+    }
+    let field = |k: &str| d.split_whitespace().find_map(|w| w.strip_prefix(k)).map(str::to_string);
+    let run = field("run=").filter(|r| r != "-");
+    let expires = field("expires=").and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc));
+    (run, expires)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_round_trip_and_foreign_ones_are_ignored() {
+        let (run, at) = parse_description("chaos-lab run=abc expires=2026-01-02T03:04:05Z");
+        assert_eq!(run.as_deref(), Some("abc"));
+        assert_eq!(at.unwrap().to_rfc3339(), "2026-01-02T03:04:05+00:00");
+        assert_eq!(parse_description("chaos-lab run=- expires=bogus"), (None, None));
+        assert_eq!(parse_description("allow the bastion"), (None, None));
+    }
+
+    #[test]
+    fn priorities_skip_the_taken_ones() {
+        assert_eq!(next_free(&[], 100), 100);
+        assert_eq!(next_free(&[100, 101, 103], 100), 102);
+        assert_eq!(next_free(&[100, 101, 103], 103), 104);
+    }
+}
