@@ -38,8 +38,8 @@ param loadgenScale string = '1'
   'Single'
   'Multiple'
 ])
-@description('Revision mode of the container app. Multiple lets the broken-deployment faults activate and deactivate revisions side by side.')
-param revisionsMode string = 'Single'
+@description('Revision mode of the container app. Multiple (default) lets the broken-deployment faults keep the previous revision and move traffic back to it on undo; in Single mode that undo is refused by ARM.')
+param revisionsMode string = 'Multiple'
 
 @description('Azure Managed Redis SKU (Balanced_B0 is the smallest; enough for the lab).')
 param redisSkuName string = 'Balanced_B0'

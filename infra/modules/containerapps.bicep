@@ -22,7 +22,7 @@ param appImageName string = ''
   'Multiple'
 ])
 @description('Revision mode of the container app.')
-param revisionsMode string = 'Single'
+param revisionsMode string = 'Multiple'
 
 @description('Resource id of the subnet delegated to Microsoft.App/environments.')
 param infrastructureSubnetId string
@@ -128,6 +128,14 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
         targetPort: appPort
         transport: 'auto'
         allowInsecure: false
+        // The newest revision takes the traffic, as in single-revision mode; a deploy fault's
+        // undo pins it to the previous revision by name until the next provision.
+        traffic: [
+          {
+            latestRevision: true
+            weight: 100
+          }
+        ]
       }
       registries: [
         {
