@@ -138,6 +138,20 @@ async fn open_model_keeps_its_rate_and_reports_late_and_dropped() {
     assert_eq!(open["dropped"], 0, "{open}");
     assert!(open["late"].is_u64() && open["scheduled"].as_u64().unwrap() > 800, "{open}");
     assert_eq!(report["totals"]["requests"], open["sent"]);
+
+    // Per-stage rates from the profile (rate-ramp: 100, 500, 100 req/s over 30, 60, 30 s), scaled:
+    // rates x 0.5 and durations x 0.02 give 0.6 s at 50, 1.2 s at 250, 0.6 s at 50 = 360 arrivals.
+    let (dir, host) = (temp_dir("loadgen-rate-ramp"), svc.url(""));
+    let (out, report) = tokio::task::spawn_blocking(move || {
+        run(&dir, "ramp", &["--profile", "rate-ramp", "--scale", "0.5", "--time-scale", "0.02", "--host", &host])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(report["model"], "open", "a profile with rates runs the open model");
+    let scheduled = report["open_model"]["scheduled"].as_u64().unwrap();
+    assert!((350..=370).contains(&scheduled), "{scheduled} arrivals scheduled, 360 expected: {report:#}");
+    assert_eq!(report["max_users"], 100);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
