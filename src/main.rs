@@ -9,6 +9,8 @@ use chaos_lab::config::{Cli, LogFormat};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // rustls needs one process-wide crypto provider (azure_mgmt_network also brings ring in).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     if let Some(cmd) = cli.command {
         std::process::exit(chaos_lab::cli::main(cmd).await);

@@ -155,6 +155,33 @@ async fn open_model_keeps_its_rate_and_reports_late_and_dropped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_model_counts_a_stall_from_the_intended_start() {
+    // A closed-model user stuck behind a hung service sends nothing and so records one slow
+    // request; on the open model's clock every arrival during the stall waits, and its latency
+    // counts from when it was due.
+    let redis = RedisServer::start();
+    let svc = TestService::start(redis.port, &[]).await;
+    let (dir, host) = (temp_dir("loadgen-stall"), svc.url(""));
+    let generator = tokio::task::spawn_blocking(move || {
+        // 100 requests/s for 3.15 s, at most 10 in flight (sustained × 0.02 users).
+        let args = ["--profile", "sustained", "--scale", "0.02", "--time-scale", "0.005", "--rate", "100"];
+        run(&dir, "stall", &[&args[..], &["--host", &host, "--no-default-thresholds"]].concat())
+    });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (status, _) = post(&svc.url("/chaos/hang"), r#"{"duration_seconds": 1, "scope": "app"}"#).await;
+    assert_eq!(status, 200);
+    let (out, report) = generator.await.unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let open = &report["open_model"];
+    assert_eq!(open["dropped"], 0, "{open}");
+    assert!(open["late"].as_u64().unwrap() > 20, "arrivals queued behind the 10 stalled slots: {open}");
+    let max = report["totals"]["max_ms"].as_f64().unwrap();
+    let p95 = report["totals"]["p95_ms"].as_f64().unwrap();
+    assert!(max >= 800.0, "the first arrival of the 1 s stall waited ~1 s, max {max} ms");
+    assert!(p95 >= 200.0, "about a third of the arrivals fell in the stall, p95 {p95} ms: {report:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reports_from_several_machines_merge_into_one() {
     let redis = RedisServer::start();
     let svc = TestService::start(redis.port, &[]).await;

@@ -772,16 +772,20 @@ fn build(ctx: &Arc<Ctx>) -> Engine {
         c.run.emit("expect", json!(x));
         c.run.update(|r| r.expectations.push(x));
     });
-    let c = ctx.clone();
-    e.register_fn("loadgen", move |nc: NativeCallContext, opts: Map| -> Fallible<Map> {
-        c.step("loadgen", format!("{opts:?}"), nc.call_position(), || {
-            if c.dry_run {
-                return Ok((dry_loadgen(&opts, &c.deps.self_url)?, "dry run: not started".into()));
-            }
-            let (id, running) = c.start_loadgen(&opts, nc.call_position())?;
-            c.finish_loadgen(&id, &running, false)
-        })
-    });
+    let loadgen = |c: Arc<Ctx>| {
+        move |nc: NativeCallContext, opts: Map| -> Fallible<Map> {
+            c.step("loadgen", format!("{opts:?}"), nc.call_position(), || {
+                if c.dry_run {
+                    return Ok((dry_loadgen(&opts, &c.deps.self_url)?, "dry run: not started".into()));
+                }
+                let (id, running) = c.start_loadgen(&opts, nc.call_position())?;
+                c.finish_loadgen(&id, &running, false)
+            })
+        }
+    };
+    e.register_fn("loadgen", loadgen(ctx.clone()));
+    let f = loadgen(ctx.clone());
+    e.register_fn("loadgen", move |nc: NativeCallContext| f(nc, Map::new()));
     let c = ctx.clone();
     e.register_fn("loadgen_start", move |nc: NativeCallContext, opts: Map| -> Fallible<ImmutableString> {
         c.step("loadgen_start", format!("{opts:?}"), nc.call_position(), || {

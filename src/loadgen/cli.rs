@@ -107,6 +107,8 @@ fn positive(s: &str) -> Result<f64, String> {
 }
 
 pub fn main() -> ExitCode {
+    // rustls needs one process-wide crypto provider when more than one is compiled in.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     let result = match cli.command {
