@@ -92,7 +92,7 @@ resource environmentStorage 'Microsoft.App/managedEnvironments/storages@2024-03-
 }
 
 // `exec` so loadgen gets the signals; $(hostname) is the replica name, unique per execution.
-var loadgenCommand = 'exec /usr/local/bin/loadgen --profile ${profile} --host ${appUrl} --scale ${scale} --split ${replicas} --json /reports/$(hostname).json'
+var loadgenCommand = 'exec /usr/local/bin/loadgen --profile ${profile} --host ${appUrl} --scale ${scale} --split ${replicas} --json /reports/$(hostname).json --report-file /reports/$(hostname).html'
 
 resource job 'Microsoft.App/jobs@2024-03-01' = {
   name: 'caj-loadgen-${resourceToken}'
