@@ -12,7 +12,7 @@ use rhai::{ASTNode, Expr, Stmt};
 use serde_json::{Value, json};
 
 use crate::azure::{AppRef, Arm, NsgRef};
-use crate::chaos::{catalog, engine};
+use crate::chaos::{catalog, sandbox, script_api};
 use crate::faults::deploy::{ContainerApp, DeployBackend, DeployFault, DeployFaultKind};
 use crate::faults::network::azure::{AzureNsg, DEFAULT_TTL};
 
@@ -196,7 +196,7 @@ pub fn check(files: &[PathBuf]) -> i32 {
             Ok(_) => {}
             Err(e) => report(e.line, e.column, &e.message),
         }
-        match engine::compile(&source) {
+        match sandbox::compile(&source) {
             Err(e) => report(e.line, e.column, &e.message),
             Ok(ast) => {
                 for (fname, pos) in unknown_functions(&ast) {
@@ -217,10 +217,10 @@ pub fn check(files: &[PathBuf]) -> i32 {
 /// Functions called by name that neither the script API, Rhai's standard library nor the script
 /// itself defines. Rhai only finds these at run time; `check` finds them before.
 fn unknown_functions(ast: &rhai::AST) -> Vec<(String, rhai::Position)> {
-    let engine = engine::sandbox();
+    let engine = sandbox::sandbox();
     let mut known: std::collections::HashSet<String> =
         engine.collect_fn_metadata(None, |f| Some(f.metadata.name.to_string()), true).into_iter().collect();
-    known.extend(engine::API_FUNCTIONS.iter().map(|s| s.to_string()));
+    known.extend(script_api::API_FUNCTIONS.iter().map(|s| s.to_string()));
     known.extend(ast.iter_functions().map(|f| f.name.to_string()));
     for kw in ["Fn", "call", "curry", "type_of", "print", "debug", "is_def_var", "is_def_fn", "is_shared"] {
         known.insert(kw.into());
@@ -423,7 +423,7 @@ async fn network(action: NetworkAction) -> anyhow::Result<i32> {
         NetworkAction::Inject { duration, .. } => {
             let ttl = duration.map_or(DEFAULT_TTL, std::time::Duration::from_secs);
             let expires = chrono::Utc::now() + chrono::Duration::from_std(ttl)?;
-            let rule = match backend.create_rule(port, expires, Some("cli")).await {
+            let rule = match backend.create_rule(port, expires, Some("cli"), None).await {
                 Ok(r) => r,
                 Err(e) => return Ok(failed(e)),
             };

@@ -9,6 +9,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser};
 
+use crate::chaos::report::RunLimits;
+use crate::chaos::retention::Retain;
+
+/// The shortest CHAOS_API_TOKEN accepted: a shorter one can be guessed or brute-forced.
+pub const MIN_API_TOKEN_CHARS: usize = 16;
+
 /// chaos-lab: a small Redis-backed service that breaks itself on purpose.
 ///
 /// Without a subcommand, runs the HTTP service (`GET /`, `GET /health`, `/chaos/*`). Every option
@@ -69,8 +75,10 @@ pub struct Config {
 /// Scenario engine and fault backend settings.
 #[derive(Debug, Clone, Args)]
 pub struct ChaosConfig {
-    /// Bearer token required by every /chaos/* request except GET /chaos/status. Without it, the
-    /// built-in fault endpoints stay open, but POST /chaos/run is refused on a non-loopback APP_HOST.
+    /// Bearer token required by every /chaos/* request except GET /chaos/status: at least 16
+    /// characters (e.g. `openssl rand -hex 32`); an empty or shorter one stops startup. Without
+    /// it, the built-in fault endpoints stay open, but POST /chaos/run is refused on a
+    /// non-loopback APP_HOST.
     #[arg(long, env = "CHAOS_API_TOKEN", value_name = "CHAOS_API_TOKEN", hide_env_values = true)]
     pub chaos_api_token: Option<String>,
 
@@ -87,6 +95,42 @@ pub struct ChaosConfig {
           value_parser = clap::value_parser!(u32).range(1..=16))]
     pub max_concurrent_runs: u32,
 
+    /// Run history kept in RUNS_DIR: `<count>`, `<age>` or `<count>,<age>`, the age in days, hours
+    /// or minutes (`30d`, `12h`, `90m`). Journals and loadgen reports of the runs beyond the newest
+    /// <count>, or that ended more than <age> ago, are deleted at startup and hourly; the journal of
+    /// a run still running never is.
+    #[arg(long, env = "RUNS_RETAIN", value_name = "RUNS_RETAIN", default_value = crate::chaos::retention::DEFAULT,
+          value_parser = crate::chaos::retention::parse)]
+    pub runs_retain: Retain,
+
+    /// Most log lines one run keeps (log(), print(), engine notes). Later lines are dropped, one
+    /// marker line says so, and the report's `truncated` counts them.
+    #[arg(long, env = "RUN_MAX_LOG_LINES", value_name = "RUN_MAX_LOG_LINES", default_value = "10000",
+          value_parser = count("RUN_MAX_LOG_LINES", 1, 1_000_000))]
+    pub run_max_log_lines: usize,
+
+    /// Most bytes of log messages one run keeps (default 4 MiB); past it, like RUN_MAX_LOG_LINES.
+    #[arg(long, env = "RUN_MAX_LOG_BYTES", value_name = "RUN_MAX_LOG_BYTES", default_value = "4194304",
+          value_parser = count("RUN_MAX_LOG_BYTES", 1024, 1 << 30))]
+    pub run_max_log_bytes: usize,
+
+    /// Most steps (script calls) one run lists in its timeline; later calls still run, unlisted.
+    #[arg(long, env = "RUN_MAX_STEPS", value_name = "RUN_MAX_STEPS", default_value = "10000",
+          value_parser = count("RUN_MAX_STEPS", 1, 1_000_000))]
+    pub run_max_steps: usize,
+
+    /// Most distinct record() names one run keeps; a new name past it is dropped (overwriting a
+    /// name always works).
+    #[arg(long, env = "RUN_MAX_RECORDS", value_name = "RUN_MAX_RECORDS", default_value = "1000",
+          value_parser = count("RUN_MAX_RECORDS", 1, 100_000))]
+    pub run_max_records: usize,
+
+    /// Most events one run keeps to replay to a late subscriber of GET /chaos/runs/{id}/events
+    /// (and 8 MiB of them at most). Later events are still sent live.
+    #[arg(long, env = "RUN_MAX_EVENTS", value_name = "RUN_MAX_EVENTS", default_value = "20000",
+          value_parser = count("RUN_MAX_EVENTS", 1, 1_000_000))]
+    pub run_max_events: usize,
+
     /// Where network faults are applied: `local` (an embedded TCP proxy between the service and
     /// Redis), `azure` (deny rules in the NSG AZURE_NSG_NAME) or `none` (network faults are
     /// refused; Redis is reached directly). Default: `azure` when AZURE_SUBSCRIPTION_ID,
@@ -101,6 +145,12 @@ pub struct ChaosConfig {
     /// this executable, else on PATH). Its reports go to RUNS_DIR/loadgen/.
     #[arg(long, env = "LOADGEN_BIN", value_name = "LOADGEN_BIN")]
     pub loadgen_bin: Option<std::path::PathBuf>,
+
+    /// Seconds each `on_rollback` closure of a run may take before it is stopped (and the run's
+    /// fault undos still run); 0.1 to 300.
+    #[arg(long, env = "ROLLBACK_TIMEOUT_SECONDS", value_name = "ROLLBACK_TIMEOUT_SECONDS", default_value = "10",
+          value_parser = seconds("ROLLBACK_TIMEOUT_SECONDS", 0.1, 300.0))]
+    pub rollback_timeout_seconds: Duration,
 }
 
 /// Which network fault backend to use.
@@ -272,6 +322,18 @@ impl RedisConfig {
 }
 
 impl ChaosConfig {
+    /// The caps of each run, from the RUN_MAX_* settings.
+    pub fn run_limits(&self) -> RunLimits {
+        RunLimits {
+            max_log_lines: self.run_max_log_lines,
+            max_log_bytes: self.run_max_log_bytes,
+            max_steps: self.run_max_steps,
+            max_records: self.run_max_records,
+            max_events: self.run_max_events,
+            ..RunLimits::default()
+        }
+    }
+
     /// NETWORK_FAULT_BACKEND, or `azure` when the NSG is fully named, else `local`.
     pub fn network_backend(&self) -> NetworkBackendKind {
         self.network_fault_backend.unwrap_or(if self.azure.nsg().is_some() {
@@ -285,6 +347,7 @@ impl ChaosConfig {
 impl Config {
     /// Checks rules that involve more than one setting. Called by `main` right after parsing.
     pub fn validate(&self) -> Result<(), String> {
+        self.chaos.validate_token()?;
         let r = &self.redis;
         match r.auth() {
             RedisAuth::Entra => {
@@ -335,6 +398,32 @@ impl Config {
     {
         Cli::try_parse_from(std::iter::once("chaos-lab".into()).chain(args.into_iter().map(Into::into)))
             .map(|c| c.config)
+    }
+}
+
+impl ChaosConfig {
+    /// An empty or short token would leave `/chaos/*` open or guessable, and an empty one once
+    /// lifted the non-loopback guard of POST /chaos/run too: both stop startup.
+    fn validate_token(&self) -> Result<(), String> {
+        const HOW: &str = "use at least 16 random characters, e.g. `export CHAOS_API_TOKEN=$(openssl rand -hex 32)`, \
+                           or unset CHAOS_API_TOKEN to run without one (then POST /chaos/run is refused on a \
+                           non-loopback APP_HOST)";
+        // clap passes `CHAOS_API_TOKEN=` on as `Some("")`; should a version drop empty values,
+        // the variable is still set and still refused.
+        let empty_env = || std::env::var_os("CHAOS_API_TOKEN").is_some_and(|v| v.is_empty());
+        match &self.chaos_api_token {
+            Some(t) if t.is_empty() => Err(format!("CHAOS_API_TOKEN is empty: {HOW}")),
+            None if empty_env() => Err(format!("CHAOS_API_TOKEN is empty: {HOW}")),
+            Some(t) if t.chars().count() < MIN_API_TOKEN_CHARS => Err(format!(
+                "CHAOS_API_TOKEN is {} characters long, shorter than the minimum of {MIN_API_TOKEN_CHARS}: {HOW}",
+                t.chars().count()
+            )),
+            Some(t) if t.trim() != t => Err(format!(
+                "CHAOS_API_TOKEN starts or ends with whitespace (a trailing newline from a file?), which an \
+                 Authorization header cannot carry: remove it, or {HOW}"
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -405,6 +494,14 @@ fn seconds(name: &'static str, min: f64, max: f64) -> impl Fn(&str) -> Result<Du
     }
 }
 
+/// A parser for a whole number within `min..=max`.
+fn count(name: &'static str, min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone {
+    move |s: &str| match s.trim().parse::<usize>() {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(format!("{name} must be a whole number from {min} to {max}, got '{s}'")),
+    }
+}
+
 /// A parser for booleans that accepts what Python's lab accepted (`true/false/1/0/yes/no`).
 fn boolean(name: &'static str) -> impl Fn(&str) -> Result<bool, String> + Clone {
     move |s: &str| match s.trim().to_ascii_lowercase().as_str() {
@@ -450,6 +547,37 @@ mod tests {
         assert!(c.validate().unwrap_err().contains("needs REDIS_PASSWORD"));
         let c = Config::from_args(["--network-fault-backend", "azure", "--azure-nsg-name", "n"]).unwrap();
         assert!(c.validate().unwrap_err().contains("AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP"));
+    }
+
+    #[test]
+    fn an_empty_or_short_api_token_stops_startup() {
+        for token in ["", "short", "fifteen-chars-x"] {
+            let c = Config::from_args(["--chaos-api-token", token]).unwrap();
+            let e = c.validate().unwrap_err();
+            assert!(e.contains("CHAOS_API_TOKEN is") && e.contains("openssl rand -hex 32"), "'{token}': {e}");
+        }
+        let e = Config::from_args(["--chaos-api-token", "short"]).unwrap().validate().unwrap_err();
+        assert!(e.contains("5 characters long, shorter than the minimum of 16"), "{e}");
+        let e = Config::from_args(["--chaos-api-token", "0123456789abcdef\n"]).unwrap().validate().unwrap_err();
+        assert!(e.contains("whitespace"), "{e}");
+        let c = Config::from_args(["--chaos-api-token", "0123456789abcdef"]).unwrap();
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn run_limits_and_retention() {
+        let c = Config::from_args(Vec::<String>::new()).unwrap();
+        assert_eq!(c.chaos.run_limits(), RunLimits::default());
+        assert_eq!(c.chaos.runs_retain, Retain::default());
+        let c = Config::from_args(["--run-max-log-lines", "5", "--runs-retain", "20,12h"]).unwrap();
+        assert_eq!(c.chaos.run_limits().max_log_lines, 5);
+        assert_eq!(c.chaos.runs_retain, Retain { max_runs: 20, max_age: Some(Duration::from_secs(12 * 3600)) });
+        let e = Config::from_args(["--run-max-log-lines", "0"]).unwrap_err().to_string();
+        assert!(e.contains("RUN_MAX_LOG_LINES must be a whole number from 1 to 1000000, got '0'"), "{e}");
+        let e = Config::from_args(["--run-max-log-bytes", "4MiB"]).unwrap_err().to_string();
+        assert!(e.contains("RUN_MAX_LOG_BYTES must be a whole number"), "{e}");
+        let e = Config::from_args(["--runs-retain", "0"]).unwrap_err().to_string();
+        assert!(e.contains("RUNS_RETAIN") && e.contains("a count of 0 would delete every run"), "{e}");
     }
 
     #[test]

@@ -214,11 +214,11 @@ async fn cli_inject_takes_the_next_free_priority_after_a_collision_and_resets_th
     );
 
     let redis = RedisServer::start();
-    let svc = TestService::start(redis.port, &["--chaos-api-token", "op-token"]).await;
+    let svc = TestService::start(redis.port, &["--chaos-api-token", "op-token-0123456789"]).await;
     assert_eq!(get(&svc.url("/")).await.0, 200, "one pooled connection to reset");
 
     let mut env = azd_env(sub, client);
-    env.extend([("SERVICE_APP_URL", svc.url.as_str()), ("CHAOS_API_TOKEN", "op-token")]);
+    env.extend([("SERVICE_APP_URL", svc.url.as_str()), ("CHAOS_API_TOKEN", "op-token-0123456789")]);
     let (code, out, err) = cli(&["network", "inject", "--duration", "120"], &env).await;
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("(priority 103)"), "{out}");

@@ -13,9 +13,15 @@ const BIN: &str = env!("CARGO_BIN_EXE_chaos-lab");
 
 /// Runs the binary with one extra environment variable and expects it to refuse to start.
 fn refused_start(var: &str, value: &str) -> String {
+    refused_start_with(&[(var, value)])
+}
+
+/// Runs the binary with extra environment variables and expects it to refuse to start.
+fn refused_start_with(vars: &[(&str, &str)]) -> String {
+    let shown: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut child = Command::new(BIN)
         .env("APP_PORT", "0") // should it start after all, it must not collide with anything
-        .env(var, value)
+        .envs(vars.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -27,7 +33,7 @@ fn refused_start(var: &str, value: &str) -> String {
         }
         if started.elapsed() > Duration::from_secs(10) {
             let _ = child.kill();
-            panic!("{var}={value} was accepted: the service started");
+            panic!("{} was accepted: the service started", shown.join(" "));
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -47,6 +53,21 @@ fn invalid_settings_stop_startup_naming_the_variable() {
     assert!(err.contains("REDIS_MAX_CONNECTIONS"), "{err}");
     let err = refused_start("REDIS_USERNAME", "app");
     assert!(err.contains("REDIS_USERNAME is set but REDIS_PASSWORD is not"), "{err}");
+    let err = refused_start("RUNS_RETAIN", "0");
+    assert!(err.contains("RUNS_RETAIN"), "{err}");
+}
+
+#[test]
+fn an_empty_or_short_api_token_stops_startup() {
+    let err = refused_start("CHAOS_API_TOKEN", "");
+    assert!(err.contains("CHAOS_API_TOKEN is empty"), "{err}");
+    let err = refused_start("CHAOS_API_TOKEN", "short");
+    assert!(err.contains("CHAOS_API_TOKEN is 5 characters long, shorter than the minimum of 16"), "{err}");
+    assert!(err.contains("openssl rand -hex 32"), "{err}");
+    // The original hole: an empty token turned auth off and lifted the non-loopback guard of
+    // POST /chaos/run.
+    let err = refused_start_with(&[("APP_HOST", "0.0.0.0"), ("CHAOS_API_TOKEN", "")]);
+    assert!(err.contains("CHAOS_API_TOKEN is empty"), "{err}");
 }
 
 #[test]
@@ -75,6 +96,12 @@ fn help_documents_every_setting() {
         "REDIS_PASSWORD",
         "REDIS_USERNAME",
         "REDIS_CA_CERT",
+        "RUNS_RETAIN",
+        "RUN_MAX_LOG_LINES",
+        "RUN_MAX_LOG_BYTES",
+        "RUN_MAX_STEPS",
+        "RUN_MAX_RECORDS",
+        "RUN_MAX_EVENTS",
     ] {
         assert!(help.contains(&format!("[env: {var}")), "--help does not mention {var}");
     }
@@ -209,7 +236,7 @@ fn check_reports_positions_and_exit_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_streams_the_timeline_and_exits_by_verdict() {
     let redis = RedisServer::start();
-    let svc = TestService::start(redis.port, &["--chaos-api-token", "tok"]).await;
+    let svc = TestService::start(redis.port, &["--chaos-api-token", "cli-run-token-0123"]).await;
     let dir = temp_dir("cli-run");
     let pass = dir.join("pass.rhai");
     std::fs::write(&pass, "let n = param(\"n\", 1);\nlog(`n is ${n}`);\nexpect(health().ok, \"healthy\");\n").unwrap();
@@ -220,7 +247,7 @@ async fn run_streams_the_timeline_and_exits_by_verdict() {
         let url = svc.url.clone();
         tokio::task::spawn_blocking(move || {
             Command::new(BIN)
-                .args(["run", file.to_str().unwrap(), "--url", &url, "--token", "tok"])
+                .args(["run", file.to_str().unwrap(), "--url", &url, "--token", "cli-run-token-0123"])
                 .args(extra)
                 .output()
                 .unwrap()

@@ -248,7 +248,7 @@ async fn dry_run_breaks_nothing() {
         load("high", 60);
         hang(30);
         network_latency(500);
-        let r = http("POST", "/chaos/load", #{level: "high"});
+        let r = http("POST", "/", #{level: "high"});
         expect(r.dry_run, "non-GET http is not sent in a dry run");
         expect(health().ok, "still healthy");
     "#;
@@ -275,13 +275,13 @@ async fn expectations_fail_the_verdict_without_stopping_the_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollbacks_run_in_reverse_order_with_the_undos() {
+async fn rollbacks_run_first_newest_first_then_the_ledger_undoes_the_faults() {
     let redis = RedisServer::start();
     let svc = service(&redis, &[]).await;
     let script = r#"
-        on_rollback(|| http("POST", "/chaos/load", #{level: "low", duration_seconds: 1}));
+        on_rollback(|| log("first rollback"));
         network_block();
-        on_rollback(|| log("second rollback"));
+        on_rollback(|| { log("second rollback"); network_clear(); });
         throw "boom";
     "#;
     let r = run_and_wait(&svc, json!({"script": script})).await;
@@ -289,11 +289,19 @@ async fn rollbacks_run_in_reverse_order_with_the_undos() {
     let actions: Vec<&str> = r["undo"].as_array().unwrap().iter().map(|u| u["action"].as_str().unwrap()).collect();
     assert_eq!(actions.len(), 3, "{actions:?}");
     assert!(actions[0].starts_with("on_rollback"));
-    assert!(actions[1].starts_with("clear network fault"));
-    assert!(actions[2].starts_with("on_rollback"));
-    assert!(r["logs"].as_array().unwrap().iter().any(|l| l["message"] == "second rollback"));
-    // The first rollback really ran: it started a load.
-    assert_eq!(get(&svc.url("/chaos/status")).await.1["load"]["active"], true);
+    assert!(actions[1].starts_with("on_rollback"));
+    assert!(actions[2].starts_with("clear network fault"));
+    assert!(r["undo"].as_array().unwrap().iter().all(|u| u["ok"] == true), "{r:#}");
+    let logs: Vec<&str> = r["logs"].as_array().unwrap().iter().filter_map(|l| l["message"].as_str()).collect();
+    let (second, first) = (
+        logs.iter().position(|m| *m == "second rollback").unwrap(),
+        logs.iter().position(|m| *m == "first rollback").unwrap(),
+    );
+    assert!(second < first, "rollbacks run newest first: {logs:?}");
+    // The second rollback cleared the block itself: the run's undo list reports that one undo.
+    assert_eq!(r["undo"][2]["detail"], "cleared", "{r:#}");
+    assert!(r["steps"].as_array().unwrap().iter().any(|s| s["name"] == "network_clear"), "{r:#}");
+    assert_nothing_broken(&svc).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +401,8 @@ async fn scenario_catalog_reloads_added_changed_broken_and_removed_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_matrix() {
     let redis = RedisServer::start();
-    let svc = service(&redis, &["--chaos-api-token", "s3cret-token"]).await;
+    const TOKEN: &str = "s3cret-token-4d1f9a";
+    let svc = service(&redis, &["--chaos-api-token", TOKEN]).await;
     let client = http();
     let run = |token: Option<&'static str>| {
         let mut r = client.post(svc.url("/chaos/run")).body("1");
@@ -406,8 +415,13 @@ async fn auth_matrix() {
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
     assert_eq!(run(Some("wrong")).await.unwrap().status(), 401);
-    assert_eq!(run(Some("s3cret-token-and-more")).await.unwrap().status(), 401);
-    assert_eq!(run(Some("s3cret-token")).await.unwrap().status(), 202);
+    assert_eq!(run(Some("s3cret-token-4d1f9a-and-more")).await.unwrap().status(), 401);
+    assert_eq!(run(Some(&TOKEN[..15])).await.unwrap().status(), 401, "a prefix of the token");
+    assert_eq!(run(Some(TOKEN)).await.unwrap().status(), 202);
+    for scheme in ["bearer", "BEARER"] {
+        let r = client.get(svc.url("/chaos/runs")).header("authorization", format!("{scheme} {TOKEN}")).send();
+        assert_eq!(r.await.unwrap().status(), 200, "the {scheme} scheme is case-insensitive");
+    }
     assert_eq!(get(&svc.url("/chaos/status")).await.0, 200, "status stays open");
     assert_eq!(post(&svc.url("/chaos/load"), "{}").await.0, 401, "built-in faults need the token too");
     assert_eq!(get(&svc.url("/chaos/runs")).await.0, 401);

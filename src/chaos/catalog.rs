@@ -18,8 +18,8 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::engine;
 use super::report::ScriptError;
+use super::sandbox;
 
 /// How often the folder is re-read.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -143,7 +143,7 @@ pub fn parse(name: &str, path: &Path, source: String, stamp: (SystemTime, u64)) 
         Ok((description, params)) => {
             s.description = description;
             s.params = params;
-            s.error = engine::compile(&source).err();
+            s.error = sandbox::compile(&source).err();
         }
         Err(e) => s.error = Some(e),
     }

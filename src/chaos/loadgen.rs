@@ -2,6 +2,12 @@
 //! cannot run inside the service). Progress lines stream into the run's timeline; the child's
 //! JSON report becomes the script's summary. Stopping sends SIGINT, so goose ends its users and
 //! still writes the reports; a child that has not exited 10 s later is killed.
+//!
+//! A child lives in a process group of its own (so its whole group can be killed by pid after a
+//! crash of the service) and is started with `--parent-pid`, so Linux kills it when the service
+//! dies, `kill -9` included. The parent-death signal fires when the *thread* that spawned the
+//! child ends, so children are spawned from the runtime's worker threads (the fault ledger's
+//! apply task), never from a script's blocking thread.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -122,6 +128,8 @@ impl Spec {
 
 /// A running child. Its outcome stays readable after it ends (several calls may wait).
 pub struct Running {
+    pid: u32,
+    start_ticks: u64,
     stop: watch::Sender<bool>,
     outcome: watch::Receiver<Option<Result<Value, String>>>,
 }
@@ -141,12 +149,15 @@ impl Running {
         let html = cfg.reports_dir.join(format!("{name}.html"));
         let mut child = tokio::process::Command::new(&cfg.bin)
             .args(spec.args(&json, &html))
+            .args(["--parent-pid".to_string(), std::process::id().to_string()])
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {} ({e}); set LOADGEN_BIN to the loadgen binary", cfg.bin.display()))?;
+        let pid = child.id().unwrap_or(0);
         let (stop, mut stopped) = watch::channel(false);
         let (done, outcome) = watch::channel(None);
         let stdout = child.stdout.take().expect("piped");
@@ -208,7 +219,18 @@ impl Running {
             };
             let _ = done.send(Some(result));
         });
-        Ok(Running { stop, outcome })
+        Ok(Running { pid, start_ticks: start_ticks(pid).unwrap_or(0), stop, outcome })
+    }
+
+    /// The child's pid (also its process group).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// When the child started, in clock ticks since boot (tells it from a later process that
+    /// reuses the pid).
+    pub fn start_ticks(&self) -> u64 {
+        self.start_ticks
     }
 
     /// Asks the child to stop (graceful: it still writes its report).
@@ -222,6 +244,31 @@ impl Running {
         let r = rx.wait_for(Option::is_some).await.map_err(|_| "loadgen: the child's watcher ended".to_string())?;
         r.clone().expect("waited for Some")
     }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: the process's start time in clock ticks since boot.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills the process group of a loadgen child if `pid` is still the process that started at
+/// `ticks` (0 = unknown: the group is killed if it exists). Returns whether anything was killed.
+pub fn kill_group(pid: u32, ticks: u64) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    match start_ticks(pid) {
+        Some(t) if ticks == 0 || t == ticks => {}
+        // The leader is gone (or another process has its pid): members may remain, but a pid
+        // reused by something else must not be touched.
+        Some(_) => return false,
+        None => {}
+    }
+    let group = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).is_ok()
 }
 
 fn stop_asked(rx: &watch::Receiver<bool>) -> bool {

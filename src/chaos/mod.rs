@@ -7,6 +7,9 @@ pub mod catalog;
 pub mod engine;
 pub mod loadgen;
 pub mod report;
+pub mod retention;
+pub mod sandbox;
+pub mod script_api;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -16,9 +19,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::faults::ledger::{self, Outcome};
 use catalog::Catalog;
 use engine::Deps;
-use report::{RunReport, RunShared, RunStatus, RunSummary, ScriptError, StopReason};
+use report::{Recovered, RunReport, RunShared, RunStatus, RunSummary, ScriptError, StopReason};
 
 /// Default and largest `timeout_seconds` of a run.
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 900;
@@ -37,6 +41,9 @@ pub enum RunError {
     Busy(String),
     #[error("the service is shutting down; no new run can start")]
     ShuttingDown,
+    /// The kill switch's latch is set.
+    #[error("{0}")]
+    Halted(String),
 }
 
 /// What to run.
@@ -55,17 +62,34 @@ pub struct Runs {
     pub catalog: Arc<Catalog>,
     dir: PathBuf,
     max_concurrent: usize,
+    /// What each run may keep (`RUN_MAX_*`), so a flooding script cannot exhaust the service.
+    limits: report::RunLimits,
     active: Mutex<HashMap<String, Arc<RunShared>>>,
-    /// Summaries of every run, journals included, for listing without reading every file.
-    index: Mutex<Vec<RunSummary>>,
+    /// Summaries of every run, journals included, for listing without reading every file. Shared
+    /// with the retention pruner, which drops the runs it deletes.
+    index: Arc<Mutex<Vec<RunSummary>>>,
     accepting: AtomicBool,
 }
 
 impl Runs {
-    /// Opens (creating if needed) the journal folder and indexes what it holds. A journal still
-    /// marked `running` belongs to a process that died mid-run: it is closed as failed.
-    pub fn open(deps: Arc<Deps>, catalog: Arc<Catalog>, dir: PathBuf, max_concurrent: usize) -> std::io::Result<Self> {
+    /// Opens (creating if needed) the journal folder, deletes the history `retain` does not keep,
+    /// and indexes what is left. A journal still marked `running` belongs to a process that died
+    /// mid-run: it is closed as `interrupted`, with what the ledger's startup recovery undid for it
+    /// (`recovered`). Within a Tokio runtime, pruning then repeats hourly.
+    pub fn open(
+        deps: Arc<Deps>,
+        catalog: Arc<Catalog>,
+        dir: PathBuf,
+        max_concurrent: usize,
+        limits: report::RunLimits,
+        retain: retention::Retain,
+        recovered: &[Outcome],
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
+        let pruned = retention::prune(&dir, &retain);
+        if !pruned.is_empty() {
+            tracing::info!(count = pruned.len(), "deleted old run journals (RUNS_RETAIN)");
+        }
         let mut index = Vec::new();
         for entry in std::fs::read_dir(&dir)?.flatten() {
             let path = entry.path();
@@ -78,24 +102,49 @@ impl Runs {
                 continue;
             };
             if report.status == RunStatus::Running {
-                report.status = RunStatus::Failed;
+                let owner = ledger::run_owner(&report.run_id);
+                report.recovered = recovered
+                    .iter()
+                    .filter(|o| o.owner == owner)
+                    .map(|o| Recovered {
+                        fault: o.fault_id.clone(),
+                        kind: json_name(&o.kind),
+                        target: o.target.clone(),
+                        ok: o.ok,
+                        detail: o.detail.clone(),
+                    })
+                    .collect();
+                let failed = report.recovered.iter().filter(|r| !r.ok).count();
+                report.status = RunStatus::Interrupted;
                 report.verdict = Some("fail".into());
-                report.reason = Some(
-                    "the service stopped during this run (crash or kill -9); faults it applied were not undone by it"
-                        .into(),
-                );
+                report.reason = Some(format!(
+                    "the service stopped during this run (crash, kill -9 or OOM kill); at the next start the fault \
+                     ledger undid {} of its faults{}",
+                    report.recovered.len() - failed,
+                    if failed > 0 {
+                        format!(", and could not undo {failed} (see GET /chaos/faults)")
+                    } else {
+                        String::new()
+                    }
+                ));
+                report.ended_at.get_or_insert_with(crate::timestamp);
                 write_journal(&dir, &report);
             }
             index.push(report.summary());
         }
         index.sort_by(|a, b| a.run_id.cmp(&b.run_id));
+        let index = Arc::new(Mutex::new(index));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            retention::spawn_pruner(dir.clone(), retain, retention::PRUNE_INTERVAL, Arc::downgrade(&index));
+        }
         Ok(Self {
             deps,
             catalog,
             dir,
             max_concurrent,
+            limits,
             active: Mutex::new(HashMap::new()),
-            index: Mutex::new(index),
+            index,
             accepting: AtomicBool::new(true),
         })
     }
@@ -144,10 +193,13 @@ impl Runs {
                 (s.source, Some(name), params)
             }
         };
-        let ast = engine::compile(&source).map_err(RunError::Compile)?;
+        let ast = sandbox::compile(&source).map_err(RunError::Compile)?;
 
         let run = {
             let mut active = self.active.lock().unwrap();
+            // Checked under the lock the kill switch collects runs with: a run either starts
+            // before the halt (and is cancelled by it) or is refused.
+            self.deps.ledger.check_open().map_err(|e| RunError::Halted(e.to_string()))?;
             // A run whose report already says it ended is only writing its journal: it does not
             // hold a slot (a client that saw it end may start the next one at once).
             let ids: Vec<&String> =
@@ -178,8 +230,10 @@ impl Runs {
                 undo: Vec::new(),
                 error: None,
                 result: None,
+                truncated: None,
+                recovered: Vec::new(),
             };
-            let run = Arc::new(RunShared::new(report));
+            let run = Arc::new(RunShared::new(report, self.limits));
             active.insert(run.id.clone(), run.clone());
             run
         };
@@ -302,13 +356,17 @@ impl Runs {
         }
     }
 
-    /// Stops every run and waits (up to `within`) until each has undone its faults; returns how
-    /// many runs were stopped.
-    pub async fn stop_all(&self, reason: StopReason, within: Duration) -> usize {
+    /// Asks every run to stop; returns them.
+    pub fn request_stop_all(&self, reason: StopReason) -> Vec<Arc<RunShared>> {
         let runs: Vec<Arc<RunShared>> = self.active.lock().unwrap().values().cloned().collect();
         for r in &runs {
             r.request_stop(reason);
         }
+        runs
+    }
+
+    /// Waits (up to `within`) until each of `runs` has ended.
+    pub async fn wait_ended(&self, runs: &[Arc<RunShared>], within: Duration) {
         let waits = runs.iter().map(|r| {
             let mut done = r.done.subscribe();
             async move {
@@ -316,15 +374,15 @@ impl Runs {
             }
         });
         if tokio::time::timeout(within, futures::future::join_all(waits)).await.is_err() {
-            tracing::error!("some runs did not finish their undo within {within:?}");
+            tracing::error!("some runs did not end within {within:?}; the fault ledger undoes their faults");
         }
-        runs.len()
     }
 
     /// Refuses new runs and stops the running ones (SIGTERM).
     pub async fn shutdown(&self, within: Duration) {
         self.accepting.store(false, Ordering::SeqCst);
-        self.stop_all(StopReason::Shutdown, within).await;
+        let runs = self.request_stop_all(StopReason::Shutdown);
+        self.wait_ended(&runs, within).await;
     }
 }
 

@@ -14,11 +14,11 @@
 use std::sync::Mutex;
 
 use reqwest::Method;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::FaultError;
-use crate::azure::{AppRef, Arm};
+use crate::azure::{AppRef, Arm, ArmError};
 
 /// api-version of every Microsoft.App call.
 pub const APP_API_VERSION: &str = "2024-03-01";
@@ -26,7 +26,7 @@ pub const APP_API_VERSION: &str = "2024-03-01";
 pub const WRONG_IMAGE: &str = "nginx:alpine";
 
 /// Which broken revision to make.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeployFaultKind {
     /// Runs nginx:alpine instead of the service.
@@ -53,7 +53,7 @@ impl DeployFaultKind {
 }
 
 /// A broken revision that was created, and what to restore.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployFault {
     pub kind: DeployFaultKind,
     pub app: String,
@@ -74,10 +74,28 @@ pub struct Revision {
     pub image: String,
 }
 
+/// A broken revision about to be made: its name and the revision to go back to are known before
+/// anything changes, so the fault ledger can record the undo first (write-ahead).
+#[derive(Debug, Clone)]
+pub struct DeployPlan {
+    pub fault: DeployFault,
+    /// The PATCH body that creates the revision.
+    body: Value,
+}
+
 /// Where deployment faults are applied: Container Apps, or nowhere (dry runs).
 #[async_trait::async_trait]
 pub trait DeployBackend: Send + Sync {
-    async fn inject(&self, kind: DeployFaultKind) -> Result<DeployFault, FaultError>;
+    /// Reads the app and plans the broken revision; changes nothing.
+    async fn prepare(&self, kind: DeployFaultKind) -> Result<DeployPlan, FaultError>;
+    /// Creates the planned revision.
+    async fn apply(&self, plan: &DeployPlan) -> Result<(), FaultError>;
+    /// Plans and creates a broken revision (the operator CLI; the ledger calls the two halves).
+    async fn inject(&self, kind: DeployFaultKind) -> Result<DeployFault, FaultError> {
+        let plan = self.prepare(kind).await?;
+        self.apply(&plan).await?;
+        Ok(plan.fault)
+    }
     /// Brings back `fault.previous`; returns what was done, for the run's undo list.
     async fn undo(&self, fault: &DeployFault) -> Result<String, FaultError>;
     async fn revisions(&self) -> Result<Vec<Revision>, FaultError>;
@@ -103,9 +121,13 @@ impl ContainerApp {
     }
 
     async fn call(&self, method: Method, sub: &str, body: Option<&Value>) -> Result<Value, FaultError> {
+        self.call_arm(method, sub, body).await.map_err(backend)
+    }
+
+    async fn call_arm(&self, method: Method, sub: &str, body: Option<&Value>) -> Result<Value, ArmError> {
         let what = self.what();
-        let r = self.arm.send(method, &self.url(sub), body, &what).await.map_err(backend)?;
-        self.arm.wait(&r, &what).await.map_err(backend)?;
+        let r = self.arm.send(method, &self.url(sub), body, &what).await?;
+        self.arm.wait(&r, &what).await?;
         Ok(r.body)
     }
 }
@@ -116,7 +138,7 @@ fn backend(e: crate::azure::ArmError) -> FaultError {
 
 #[async_trait::async_trait]
 impl DeployBackend for ContainerApp {
-    async fn inject(&self, kind: DeployFaultKind) -> Result<DeployFault, FaultError> {
+    async fn prepare(&self, kind: DeployFaultKind) -> Result<DeployPlan, FaultError> {
         let app = self.call(Method::GET, "", None).await?;
         let props = &app["properties"];
         let previous =
@@ -139,8 +161,17 @@ impl DeployBackend for ContainerApp {
                 }
             }
         }
-        self.call(Method::PATCH, "", Some(&json!({"properties": {"template": template}}))).await?;
-        Ok(DeployFault { kind, app: self.app.name.clone(), revision: format!("{}--{suffix}", self.app.name), previous })
+        let fault = DeployFault {
+            kind,
+            app: self.app.name.clone(),
+            revision: format!("{}--{suffix}", self.app.name),
+            previous,
+        };
+        Ok(DeployPlan { fault, body: json!({"properties": {"template": template}}) })
+    }
+
+    async fn apply(&self, plan: &DeployPlan) -> Result<(), FaultError> {
+        self.call(Method::PATCH, "", Some(&plan.body)).await.map(|_| ())
     }
 
     async fn undo(&self, fault: &DeployFault) -> Result<String, FaultError> {
@@ -159,8 +190,14 @@ impl DeployBackend for ContainerApp {
         if fault.revision.is_empty() {
             return Ok(format!("{previous} active with 100% traffic"));
         }
-        self.call(Method::POST, &format!("/revisions/{}/deactivate", fault.revision), None).await?;
-        Ok(format!("{previous} active with 100% traffic, {} deactivated", fault.revision))
+        // An apply cut short may never have created the broken revision.
+        match self.call_arm(Method::POST, &format!("/revisions/{}/deactivate", fault.revision), None).await {
+            Ok(_) => Ok(format!("{previous} active with 100% traffic, {} deactivated", fault.revision)),
+            Err(e) if e.status() == Some(404) => {
+                Ok(format!("{previous} active with 100% traffic; {} was never created", fault.revision))
+            }
+            Err(e) => Err(backend(e)),
+        }
     }
 
     async fn revisions(&self) -> Result<Vec<Revision>, FaultError> {
@@ -191,15 +228,19 @@ pub struct RecordingDeploy {
 
 #[async_trait::async_trait]
 impl DeployBackend for RecordingDeploy {
-    async fn inject(&self, kind: DeployFaultKind) -> Result<DeployFault, FaultError> {
+    async fn prepare(&self, kind: DeployFaultKind) -> Result<DeployPlan, FaultError> {
         let mut n = self.made.lock().unwrap();
         *n += 1;
-        Ok(DeployFault {
+        let fault = DeployFault {
             kind,
             app: "nothing (dry run)".into(),
             revision: format!("dry-run-{}", *n),
             previous: Some("dry-run-previous".into()),
-        })
+        };
+        Ok(DeployPlan { fault, body: Value::Null })
+    }
+    async fn apply(&self, _: &DeployPlan) -> Result<(), FaultError> {
+        Ok(())
     }
     async fn undo(&self, fault: &DeployFault) -> Result<String, FaultError> {
         Ok(format!("would re-activate the revision before {} (dry run)", fault.revision))

@@ -1,13 +1,13 @@
 //! Faults: the ways chaos-lab breaks its own service. Each fault has exactly one implementation
-//! here, called by the built-in `/chaos/*` endpoints (and, later, by scenario scripts).
+//! here, and one door: the [`ledger`], through which the built-in endpoints, script functions,
+//! the kill switch, shutdown and startup recovery apply and undo every fault.
 //!
-//! Every fault can be ended early ([`Faults::stop_all`]), which is what the kill switch and
-//! graceful shutdown call, so nothing a fault does outlives the process's wish to stop it.
-//! This module must not know about HTTP.
+//! This module must not know about HTTP or Rhai.
 
 pub mod cpu;
 pub mod deploy;
 pub mod hang;
+pub mod ledger;
 pub mod load;
 pub mod network;
 
@@ -36,6 +36,15 @@ pub enum FaultError {
     /// The service is shutting down and starts no new fault.
     #[error("The service is shutting down; no new fault can start")]
     ShuttingDown,
+    /// The kill switch's latch is set: no new fault until `POST /chaos/resume`.
+    #[error("{0}")]
+    Halted(String),
+    /// No such fault in the ledger.
+    #[error("{0}")]
+    NotFound(String),
+    /// The fault is not in a state that allows this.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// The built-in faults of one service instance.
@@ -48,16 +57,9 @@ pub struct Faults {
 }
 
 impl Faults {
-    /// Ends every running fault and waits until each has been undone.
-    pub async fn stop_all(&self) {
-        self.hang.stop();
-        self.load.stop().await;
-    }
-
-    /// Refuses new faults from now on and ends the running ones.
-    pub async fn shutdown(&self) {
+    /// Refuses new faults from now on (the ledger undoes the running ones).
+    pub fn shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        self.stop_all().await;
     }
 
     pub(crate) fn check_accepting(&self) -> Result<(), FaultError> {

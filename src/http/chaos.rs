@@ -1,15 +1,19 @@
 //! The built-in fault endpoints of the original lab: `POST /chaos/load`, `POST /chaos/hang`,
-//! `POST /chaos/redis-reset` and `GET /chaos/status`. Validation and the faults themselves live
-//! in `faults`; this file only translates between JSON and those calls.
+//! `POST /chaos/redis-reset` and `GET /chaos/status`, plus the fault ledger's `GET /chaos/faults`
+//! and `DELETE /chaos/faults/{id}`. Validation and the faults themselves live in `faults`, and
+//! every fault goes through the ledger (owner `endpoint`); this file only translates JSON.
 
-use axum::extract::State;
-use axum::routing::{get, post};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::{ApiError, JsonBody};
+use crate::faults::ledger::{Applied, FaultKind, Intent, Undo};
 use crate::faults::network::NetworkFaultKind;
 use crate::faults::{self, hang::HangEnd};
 use crate::store::LinkState;
@@ -20,6 +24,18 @@ pub fn router() -> Router<AppState> {
         .route("/chaos/hang", post(hang))
         .route("/chaos/redis-reset", post(redis_reset))
         .route("/chaos/status", get(status))
+        .route("/chaos/faults", get(list_faults))
+        .route("/chaos/faults/{id}", delete(forget_fault))
+}
+
+/// The owner of faults applied by these endpoints.
+const OWNER: &str = "endpoint";
+/// Lease of a hang "until restart" (duration 0): the longest finite hang.
+const FOREVER: Duration = Duration::from_secs(faults::hang::MAX_HANG_SECONDS as u64);
+
+fn intent(kind: FaultKind, target: String, duration: Duration) -> Intent {
+    let lease = chrono::Utc::now() + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::days(1));
+    Intent { kind, owner: OWNER.into(), target, lease, undo: Undo::Nothing }
 }
 
 #[derive(Deserialize)]
@@ -36,7 +52,22 @@ impl Default for LoadRequest {
 }
 
 async fn load(State(state): State<AppState>, JsonBody(req): JsonBody<LoadRequest>) -> Result<Json<Value>, ApiError> {
-    let started = state.faults.start_load(&req.level, req.duration_seconds)?;
+    let faults = state.faults.clone();
+    let level = req.level.clone();
+    let secs = req.duration_seconds;
+    let duration = Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    let (_, started) = state
+        .ledger
+        .apply(intent(FaultKind::Load, format!("{} load", req.level), duration), async move {
+            let started = faults.start_load(&level, secs)?;
+            Ok(Applied {
+                undo: Undo::Load { load_id: started.id },
+                target: format!("{level} load"),
+                value: started,
+                loadgen: None,
+            })
+        })
+        .await?;
     Ok(Json(json!({
         "status": "load_started",
         "level": started.level,
@@ -58,9 +89,25 @@ impl Default for HangRequest {
 }
 
 async fn hang(State(state): State<AppState>, JsonBody(req): JsonBody<HangRequest>) -> Result<Json<Value>, ApiError> {
-    let ticket = state.faults.start_hang(req.duration_seconds, &req.scope)?;
+    let faults = state.faults.clone();
+    let (secs, scope) = (req.duration_seconds, req.scope.clone());
+    let duration = u64::try_from(secs).ok().filter(|s| *s > 0).map_or(FOREVER, Duration::from_secs);
+    let (id, ticket) = state
+        .ledger
+        .apply(intent(FaultKind::Hang, format!("{} hang", req.scope), duration), async move {
+            let ticket = faults.start_hang(secs, &scope)?;
+            Ok(Applied {
+                undo: Undo::Hang { hang_id: ticket.id() },
+                target: format!("{scope} hang"),
+                value: ticket,
+                loadgen: None,
+            })
+        })
+        .await?;
     let scope = ticket.scope;
     let (end, took) = ticket.wait().await;
+    // Ended (by its time, the kill switch or shutdown): settle the entry.
+    state.ledger.undo(&id).await;
     Ok(Json(json!({
         "status": "hang_completed",
         "scope": scope,
@@ -85,6 +132,7 @@ async fn redis_reset(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<ResetRequest>,
 ) -> Result<Json<Value>, ApiError> {
+    state.ledger.check_open()?;
     let report = faults::redis_reset(state.store.as_ref(), req.force).await?;
     Ok(Json(json!({
         "status": "redis_connections_reset",
@@ -111,6 +159,9 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "redis": redis,
         "network": network_status(&state),
         "runs": {"active": state.runs.active_count(), "last": state.runs.last()},
+        "halted": state.ledger.halted().is_some(),
+        "halt": state.ledger.halted(),
+        "faults": state.ledger.list(),
         "timestamp": crate::timestamp(),
     }))
 }
@@ -129,4 +180,14 @@ fn network_status(state: &AppState) -> Value {
         });
     }
     v
+}
+
+async fn list_faults(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"faults": state.ledger.list(), "halt": state.ledger.halted()}))
+}
+
+/// An operator gives up on an `undo_failed` fault after fixing things by hand.
+async fn forget_fault(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let entry = state.ledger.forget(&id)?;
+    Ok(Json(json!({"forgotten": entry})))
 }

@@ -50,7 +50,9 @@ impl ApiError {
         match self {
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Fault(FaultError::AlreadyActive(_)) => StatusCode::CONFLICT,
+            Self::Fault(FaultError::AlreadyActive(_) | FaultError::Conflict(_)) => StatusCode::CONFLICT,
+            Self::Fault(FaultError::Halted(_)) => StatusCode::LOCKED,
+            Self::Fault(FaultError::NotFound(_)) => StatusCode::NOT_FOUND,
             Self::Fault(FaultError::Invalid(_) | FaultError::Unsupported(_)) => StatusCode::BAD_REQUEST,
             Self::Fault(FaultError::Backend(_)) => StatusCode::BAD_GATEWAY,
             Self::Fault(FaultError::Unavailable(_) | FaultError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
@@ -58,6 +60,7 @@ impl ApiError {
             Self::Run(RunError::Invalid(_) | RunError::Compile(_)) => StatusCode::BAD_REQUEST,
             Self::Run(RunError::NotFound(_)) => StatusCode::NOT_FOUND,
             Self::Run(RunError::Busy(_)) => StatusCode::CONFLICT,
+            Self::Run(RunError::Halted(_)) => StatusCode::LOCKED,
             Self::Run(RunError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,

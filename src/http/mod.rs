@@ -31,15 +31,17 @@ use crate::chaos::engine::Deps;
 use crate::config::{Config, NetworkBackendKind, RedisAuth};
 use crate::faults::Faults;
 use crate::faults::deploy::{ContainerApp, DeployBackend};
+use crate::faults::ledger::Ledger;
 use crate::faults::network::{AzureNsg, Disabled, LocalProxy, NetworkBackend};
 use crate::store::Store;
 use error::ApiError;
 
-/// How long SIGTERM waits for runs to undo their faults (a local undo takes milliseconds; this
-/// leaves room for a slow network backend while keeping shutdown within a few seconds).
+/// How long SIGTERM waits for runs to end by themselves (their rollbacks, their undo) before the
+/// ledger undoes what is left; a local undo takes milliseconds.
 const SHUTDOWN_UNDO_GRACE: Duration = Duration::from_secs(3);
-/// How long SIGTERM waits for the network backend to clear what is left (ARM calls on Azure).
-const SHUTDOWN_CLEAR_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long SIGTERM waits for the ledger's undo (ARM calls on Azure): within the platform's grace
+/// period. What is left stays in the ledger file and is undone at the next start.
+const SHUTDOWN_CLEAR_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
@@ -48,6 +50,8 @@ pub struct AppState {
     /// `None` when `REDIS_ENABLED=false`.
     pub store: Option<Store>,
     pub faults: Arc<Faults>,
+    /// The one door for every fault: apply, undo, leases, the halt latch.
+    pub ledger: Arc<Ledger>,
     pub network: Arc<dyn NetworkBackend>,
     /// Set when the local backend runs, for the details `/chaos/status` shows.
     pub proxy: Option<Arc<LocalProxy>>,
@@ -120,8 +124,15 @@ impl AppState {
             }
             _ => None,
         };
+        let ledger = Ledger::open(&config.chaos.runs_dir, faults.clone(), network.clone(), deploy.clone())
+            .with_context(|| format!("cannot open the fault ledger in RUNS_DIR {}", config.chaos.runs_dir.display()))?;
+        // What a crashed predecessor left is undone before anything new can start.
+        let recovered = ledger.recover().await;
+        ledger.start_timer();
         let deps = Arc::new(Deps {
             faults: faults.clone(),
+            ledger: ledger.clone(),
+            rollback_timeout: config.chaos.rollback_timeout_seconds,
             store: store.clone(),
             network: network.clone(),
             deploy,
@@ -135,13 +146,22 @@ impl AppState {
         });
         let catalog = Catalog::load(config.chaos.scenarios_dir.clone());
         catalog.watch();
-        let runs = Runs::open(deps, catalog, config.chaos.runs_dir.clone(), config.chaos.max_concurrent_runs as usize)
-            .with_context(|| format!("cannot use RUNS_DIR {}", config.chaos.runs_dir.display()))?;
+        let runs = Runs::open(
+            deps,
+            catalog,
+            config.chaos.runs_dir.clone(),
+            config.chaos.max_concurrent_runs as usize,
+            config.chaos.run_limits(),
+            config.chaos.runs_retain.clone(),
+            &recovered,
+        )
+        .with_context(|| format!("cannot use RUNS_DIR {}", config.chaos.runs_dir.display()))?;
         let ttl = config.health_cache_ttl_seconds;
         let state = Self {
             config: Arc::new(config),
             store,
             faults,
+            ledger,
             network,
             proxy,
             runs: Arc::new(runs),
@@ -164,18 +184,22 @@ impl AppState {
         Ok(state)
     }
 
-    /// Ends runs (each undoing its faults), then every fault: what SIGTERM triggers.
+    /// What SIGTERM triggers: no new run or fault, runs stopped (given a moment to run their
+    /// rollbacks and undo), then the ledger undoes whatever is left, of every owner.
     pub async fn shutdown(&self) {
+        self.faults.shutdown();
         self.runs.shutdown(SHUTDOWN_UNDO_GRACE).await;
-        self.faults.shutdown().await;
         // Bounded: an unreachable ARM must not hold the process past the platform's grace period;
-        // Azure rules carry their expiry and the next replica's sweeper removes them.
-        match tokio::time::timeout(SHUTDOWN_CLEAR_TIMEOUT, self.network.clear_all()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "could not clear network faults at shutdown"),
+        // what is not undone stays in the ledger file for the next start.
+        match tokio::time::timeout(SHUTDOWN_CLEAR_TIMEOUT, self.ledger.undo_all()).await {
+            Ok(outcomes) => {
+                for o in outcomes.iter().filter(|o| !o.ok) {
+                    tracing::error!(fault = %o.fault_id, detail = %o.detail, "could not undo a fault at shutdown; the next start retries");
+                }
+            }
             Err(_) => tracing::error!(
                 seconds = SHUTDOWN_CLEAR_TIMEOUT.as_secs(),
-                "network faults not cleared in time at shutdown; they expire by themselves"
+                "faults not undone in time at shutdown; the next start undoes them (NSG rules also expire)"
             ),
         }
     }
@@ -247,8 +271,9 @@ async fn hang_gate(State(state): State<AppState>, req: Request, next: Next) -> R
 }
 
 /// `CHAOS_API_TOKEN`: every `/chaos/*` request except `GET /chaos/status` needs
-/// `Authorization: Bearer <token>`. Without a token, script execution is refused unless the
-/// service listens on loopback only.
+/// `Authorization: Bearer <token>` (the scheme in any case, as RFC 9110 has it). Without a token,
+/// script execution is refused unless the service listens on loopback only. An empty or short
+/// token never gets here: `Config::validate` refuses it at startup.
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     let open = !path.starts_with("/chaos/") || (req.method() == Method::GET && path == "/chaos/status");
@@ -259,7 +284,7 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
                     .headers()
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .and_then(bearer_token)
                     .unwrap_or_default();
                 if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
                     return ApiError::Unauthorized("this endpoint needs 'Authorization: Bearer <CHAOS_API_TOKEN>'")
@@ -279,11 +304,48 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
     next.run(req).await
 }
 
-/// Compares without an early exit, so timing does not reveal how much of the token matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+/// The credentials of an `Authorization: Bearer <token>` header value; the scheme is
+/// case-insensitive and may be followed by several spaces.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim_start_matches(' '))
+}
+
+/// Compares `given` with `token` in constant time (`subtle`), so timing does not reveal how much
+/// of the token matched. `given` is padded or cut to the token's length first, because `subtle`
+/// returns at once on slices of different lengths; the lengths are then compared in constant time
+/// too. The time taken depends on the token's length only.
+fn constant_time_eq(given: &[u8], token: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let mut padded = vec![0u8; token.len()];
+    let n = given.len().min(token.len());
+    padded[..n].copy_from_slice(&given[..n]);
+    let same_bytes = padded[..].ct_eq(token);
+    let same_len = (given.len() as u64).ct_eq(&(token.len() as u64));
+    bool::from(same_bytes & same_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("BEARER  abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearerabc"), None);
     }
-    diff == 0
+
+    #[test]
+    fn tokens_match_only_when_equal() {
+        let token = b"0123456789abcdef";
+        assert!(constant_time_eq(b"0123456789abcdef", token));
+        assert!(!constant_time_eq(b"0123456789abcdeX", token));
+        assert!(!constant_time_eq(b"0123456789abcde", token), "a prefix");
+        assert!(!constant_time_eq(b"0123456789abcdef0", token), "a longer one");
+        assert!(!constant_time_eq(b"0123456789abcdef\0", token), "padding does not match");
+        assert!(!constant_time_eq(b"", token));
+    }
 }

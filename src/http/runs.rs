@@ -1,6 +1,6 @@
 //! The scenario engine's API: `POST /chaos/run`, `GET /chaos/runs[/{id}[/events]]`,
-//! `POST /chaos/runs/{id}/cancel`, `POST /chaos/stop` (the kill switch) and
-//! `GET /chaos/scenarios[/{name}]`.
+//! `POST /chaos/runs/{id}/cancel`, `POST /chaos/stop` (the kill switch, a latch),
+//! `POST /chaos/resume` and `GET /chaos/scenarios[/{name}]`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/chaos/runs/{id}/events", get(run_events))
         .route("/chaos/runs/{id}/cancel", post(cancel_run))
         .route("/chaos/stop", post(kill_switch))
+        .route("/chaos/resume", post(resume))
         .route("/chaos/scenarios", get(list_scenarios))
         .route("/chaos/scenarios/{name}", get(get_scenario))
 }
@@ -184,24 +185,52 @@ async fn cancel_run(State(state): State<AppState>, Path(id): Path<String>) -> Re
     Ok((StatusCode::OK, Json(json!(run.snapshot()))).into_response())
 }
 
-/// The kill switch: cancels every run (each undoes its faults), then ends every built-in fault
-/// and clears every network fault, whoever applied it.
+/// The kill switch, a latch: halts first (no new run or fault from here on, the built-in
+/// endpoints included), cancels every run (cutting their rollbacks short), has the ledger undo
+/// every fault of every owner, and removes `chaos-` faults the backend holds that the ledger does
+/// not know (an operator CLI's NSG rule). `all_clear_ms` is the time until all that was done;
+/// the runs' journals are then given a moment to close.
 async fn kill_switch(State(state): State<AppState>) -> Json<Value> {
+    let started = std::time::Instant::now();
     let load = state.faults.load.status().active;
     let hang = state.faults.hang.status().active;
-    let runs = state.runs.stop_all(StopReason::KillSwitch, STOP_GRACE).await;
-    state.faults.stop_all().await;
-    let network = match state.network.clear_all().await {
+    let halt = state.ledger.halt("POST /chaos/stop");
+    let runs = state.runs.request_stop_all(StopReason::KillSwitch);
+    let outcomes = state.ledger.undo_all().await;
+    let unknown = match state.network.clear_all().await {
         Ok(n) => json!(n),
         Err(e) => json!({"error": e.to_string()}),
     };
-    tracing::warn!(runs, load, hang, "kill switch: every fault ended");
+    let all_clear_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+    state.runs.wait_ended(&runs, STOP_GRACE).await;
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok).collect();
+    let undone = outcomes.len() - failed.len();
+    tracing::warn!(runs = runs.len(), undone, failed = failed.len(), all_clear_ms, "kill switch: halted");
     Json(json!({
-        "status": "stopped",
-        "runs_cancelled": runs,
+        "status": "halted",
+        "halt": halt,
+        "runs_cancelled": runs.len(),
+        "faults_undone": undone,
+        "undo_failed": failed,
+        "undone": outcomes,
+        "unknown_rules_removed": unknown,
+        "all_clear_ms": all_clear_ms,
         "load_stopped": load,
         "hang_stopped": hang,
-        "network_faults_cleared": network,
+        "timestamp": crate::timestamp(),
+    }))
+}
+
+/// Lifts the kill switch's latch.
+async fn resume(State(state): State<AppState>) -> Json<Value> {
+    let was = state.ledger.resume();
+    if let Some(h) = &was {
+        tracing::warn!(halted_since = %h.at, "chaos resumed");
+    }
+    Json(json!({
+        "status": "resumed",
+        "was_halted": was.is_some(),
+        "halted_since": was.as_ref().map(|h| h.at.clone()),
         "timestamp": crate::timestamp(),
     }))
 }

@@ -97,6 +97,10 @@ struct RunArgs {
     /// Print the goose test plan (or the open-model stages) the profile gives, and exit
     #[arg(long)]
     print_plan: bool,
+    /// Die with process PID: the service passes its own pid, so a load it started cannot outlive
+    /// it (Linux parent-death signal; exits at once if PID is already gone)
+    #[arg(long, value_name = "PID")]
+    parent_pid: Option<u32>,
 }
 
 fn positive(s: &str) -> Result<f64, String> {
@@ -110,6 +114,12 @@ pub fn main() -> ExitCode {
     // rustls needs one process-wide crypto provider when more than one is compiled in.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
+    if let Some(pid) = cli.run.parent_pid
+        && let Err(e) = die_with_parent(pid)
+    {
+        eprintln!("loadgen: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime starts");
     let result = match cli.command {
         Some(Command::Merge { files, json, html, threshold }) => merge(&files, &json, html.as_deref(), &threshold),
@@ -123,6 +133,18 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Asks Linux for SIGKILL when the parent dies, then checks the parent is still `pid` (it may
+/// have died before the request was made).
+fn die_with_parent(pid: u32) -> Result<(), String> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| format!("--parent-pid: cannot set the parent-death signal: {e}"))?;
+    let parent = nix::unistd::getppid().as_raw();
+    if u32::try_from(parent).ok() != Some(pid) {
+        return Err(format!("--parent-pid {pid}: the parent is already gone (parent is now {parent})"));
+    }
+    Ok(())
 }
 
 fn merge(

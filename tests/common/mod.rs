@@ -344,3 +344,416 @@ pub fn assert_envelope(body: &serde_json::Value, error: &str, needle: &str) {
     assert!(body["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{body}");
     assert!(body["request_id"].as_str().is_some_and(|t| !t.is_empty()), "{body}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The safety kernel (tests/safety.rs, tests/torture.rs): what faults may leave behind, looked at
+// from outside, and the `chaos-lab` binary as a child process that can be signalled, killed and
+// restarted on the same RUNS_DIR.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use self::fake_azure::FakeAzure;
+use serde_json::Value;
+
+/// The service binary the tests start as a child process.
+pub const BIN: &str = env!("CARGO_BIN_EXE_chaos-lab");
+
+impl TestService {
+    /// The service's RUNS_DIR: run journals, `ledger.json`, loadgen reports.
+    pub fn runs_dir(&self) -> PathBuf {
+        self.state.config.chaos.runs_dir.clone()
+    }
+
+    /// Where to look for what this service's faults may have left (`ping_redis`: a Redis runs
+    /// behind the local proxy, so a PING through it tells blocked and slowed from clean).
+    pub fn world(&self, ping_redis: bool) -> World {
+        World::new(&self.url, self.runs_dir(), ping_redis)
+    }
+}
+
+/// Processes whose command line contains `needle` (a zombie's is empty, so it does not count).
+pub fn processes_with(needle: &str) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.flatten()
+        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(needle))
+        .count()
+}
+
+/// What the command line of every loadgen child of a service with this RUNS_DIR contains: its
+/// report path, `--json <RUNS_DIR>/loadgen/<run id>-loadgen-<n>.json`.
+pub fn loadgen_needle(runs_dir: &Path) -> String {
+    format!("{}/loadgen/", runs_dir.display())
+}
+
+/// A figure of `/proc/<pid>/status` in KiB, e.g. `VmRSS` or `VmHWM` (`pid` "self": this process).
+pub fn vm_kib(pid: &str, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':')?.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The round trip of one Redis `PING` through the local fault proxy at `listen` (a new
+/// connection, as a reset pool would open); `None` when no `+PONG` comes within `within`, which
+/// is what a black-holed connection looks like.
+pub async fn proxy_ping(listen: &str, within: Duration) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let started = Instant::now();
+    let ping = async {
+        let mut s = tokio::net::TcpStream::connect(listen).await.ok()?;
+        s.write_all(b"PING\r\n").await.ok()?;
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).await.ok()?;
+        (buf == *b"+PONG\r\n").then_some(())
+    };
+    tokio::time::timeout(within, ping).await.ok().flatten().map(|()| started.elapsed())
+}
+
+/// What `/chaos/status` says is still broken, one line each; empty when nothing is.
+pub fn status_leftovers(s: &Value) -> Vec<String> {
+    let list = |v: &Value| -> String {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        let f = |k: &str| e[k].as_str().unwrap_or("?").to_string();
+                        format!("{} {} {} ({})", f("id"), f("kind"), f("state"), f("owner"))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default()
+    };
+    let mut left = Vec::new();
+    let net = &s["network"];
+    if net["blocked"] != false {
+        left.push(format!("network.blocked is {}", net["blocked"]));
+    }
+    match net["faults"].as_array() {
+        Some(f) if f.is_empty() => {}
+        Some(f) => {
+            let ids: Vec<&str> = f.iter().map(|x| x["id"].as_str().unwrap_or("?")).collect();
+            left.push(format!("network faults in force: {}", ids.join(", ")));
+        }
+        None => left.push("status has no network.faults list".into()),
+    }
+    if let Some(ms) = net["proxy"]["latency_ms"].as_u64()
+        && ms > 0
+    {
+        left.push(format!("the proxy adds {ms} ms of latency"));
+    }
+    if s["load"]["active"] != false {
+        left.push(format!("load active: {}", s["load"]));
+    }
+    if s["hang"]["active"] != false {
+        left.push(format!("hang active: {}", s["hang"]));
+    }
+    match s["faults"].as_array() {
+        Some(f) if f.is_empty() => {}
+        Some(_) => left.push(format!("fault ledger entries not undone: {}", list(&s["faults"]))),
+        None => left.push("status has no faults list (the fault ledger)".into()),
+    }
+    if let Some(n) = s["runs"]["active"].as_u64()
+        && n > 0
+    {
+        left.push(format!("{n} run(s) still active"));
+    }
+    left
+}
+
+/// What is wrong with a fake container app's revisions once its deploy faults should be undone:
+/// the first revision (the one serving before any fault) must be active with all the traffic,
+/// every later (broken) one inactive with none.
+pub fn revision_leftovers(revisions: &[Value]) -> Vec<String> {
+    let mut left = Vec::new();
+    for (i, r) in revisions.iter().enumerate() {
+        let name = r["name"].as_str().unwrap_or("?");
+        let active = r["properties"]["active"].as_bool().unwrap_or(false);
+        let weight = r["properties"]["trafficWeight"].as_i64().unwrap_or(0);
+        if i == 0 && (!active || weight != 100) {
+            left.push(format!("previous revision {name}: active {active}, traffic {weight}% (want 100%)"));
+        }
+        if i > 0 && (active || weight != 0) {
+            left.push(format!("broken revision {name}: active {active}, traffic {weight}%"));
+        }
+    }
+    left
+}
+
+/// Everything a fault can break, for one service: its status (network, load, hang, ledger,
+/// runs), Redis through its proxy, its loadgen children, and, for the azure backend, the fake
+/// ARM's NSG and container app.
+#[derive(Debug, Clone)]
+pub struct World {
+    pub url: String,
+    pub runs_dir: PathBuf,
+    /// PING Redis through the local proxy (needs a Redis behind it).
+    pub ping_redis: bool,
+    /// The fake NSG's path (`FakeAzure::nsg_path`): no `chaos-` rule may stay in it.
+    pub nsg: Option<String>,
+    /// The fake container app's path (`FakeAzure::app_path`): traffic must be back on its first
+    /// revision.
+    pub app: Option<String>,
+}
+
+impl World {
+    pub fn new(url: &str, runs_dir: PathBuf, ping_redis: bool) -> Self {
+        Self { url: url.to_string(), runs_dir, ping_redis, nsg: None, app: None }
+    }
+
+    /// Also checks the fake ARM's NSG and container app of an azure-backend service.
+    pub fn with_azure(mut self, nsg: Option<String>, app: Option<String>) -> Self {
+        self.nsg = nsg;
+        self.app = app;
+        self
+    }
+
+    /// Everything still broken, one line each; empty when the world is clean.
+    pub async fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
+        match client.get(format!("{}/chaos/status", self.url)).send().await {
+            Err(e) => left.push(format!("GET /chaos/status failed ({e}): a hang left on, or the service down?")),
+            Ok(r) => match r.json::<Value>().await {
+                Err(e) => left.push(format!("GET /chaos/status: unreadable body ({e})")),
+                Ok(s) => {
+                    left.extend(status_leftovers(&s));
+                    if self.ping_redis
+                        && let Some(listen) = s["network"]["proxy"]["listen"].as_str()
+                    {
+                        match proxy_ping(listen, Duration::from_secs(1)).await {
+                            None => left.push(format!("no PONG through the proxy {listen} within 1 s (blocked)")),
+                            Some(t) if t > Duration::from_millis(200) => {
+                                left.push(format!("PING through the proxy {listen} took {t:?} (latency)"))
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+            },
+        }
+        let children = processes_with(&loadgen_needle(&self.runs_dir));
+        if children > 0 {
+            left.push(format!("{children} loadgen process(es) still running"));
+        }
+        if let Some(nsg) = &self.nsg {
+            for name in FakeAzure::shared().rule_names(nsg).into_iter().filter(|n| n.starts_with("chaos-")) {
+                left.push(format!("NSG rule {name} still in place"));
+            }
+        }
+        if let Some(app) = &self.app {
+            left.extend(revision_leftovers(&FakeAzure::shared().revisions(app)));
+        }
+        left
+    }
+
+    /// Polls [`World::leftovers`] until nothing is left or `within` has passed; returns what is
+    /// left then.
+    pub async fn settle(&self, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = self.leftovers().await;
+            if left.is_empty() || Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Asserts the world is clean (allowing a few seconds for undos still finishing).
+    pub async fn assert_clean(&self) {
+        let left = self.settle(Duration::from_secs(5)).await;
+        assert!(left.is_empty(), "left behind: {left:#?}");
+    }
+}
+
+/// The report of run `id` of the service at `base` once it has ended; `None` if it is still
+/// running after `within` (or the service stopped answering).
+pub async fn ended_run(base: &str, id: &str, within: Duration) -> Option<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(r) = http().get(format!("{base}/chaos/runs/{id}")).send().await
+            && let Ok(v) = r.json::<Value>().await
+            && v["status"].is_string()
+            && v["status"] != "running"
+        {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Like [`wait_run`], for a service given by its base URL (e.g. a [`ServiceProcess`]).
+pub async fn wait_run_at(base: &str, id: &str, within: Duration) -> Value {
+    ended_run(base, id, within).await.unwrap_or_else(|| panic!("run {id} still running after {within:?}"))
+}
+
+/// Like [`start_run`], for a service given by its base URL.
+pub async fn start_run_at(base: &str, body: Value) -> String {
+    let (status, v) = post(&format!("{base}/chaos/run"), &body.to_string()).await;
+    assert_eq!(status, 202, "{v}");
+    v["run_id"].as_str().unwrap().to_string()
+}
+
+/// The `chaos-lab` binary as a child process, for what an in-process service cannot show:
+/// SIGTERM, kill -9 and a restart on the same RUNS_DIR. Killed (-9) on drop.
+pub struct ServiceProcess {
+    pub url: String,
+    pub runs_dir: PathBuf,
+    /// Environment on top of the defaults of [`ServiceProcess::restart`], kept for restarts.
+    env: Vec<(String, String)>,
+    child: Option<Child>,
+    /// The last lines of the service's stderr, for failure messages.
+    stderr: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl ServiceProcess {
+    /// Starts the binary with RUNS_DIR `runs_dir` and `env` (see [`ServiceProcess::restart`]).
+    pub async fn start<K: AsRef<str>, V: AsRef<str>>(runs_dir: &Path, env: &[(K, V)]) -> Self {
+        let env = env.iter().map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string())).collect();
+        let mut s =
+            Self { url: String::new(), runs_dir: runs_dir.to_path_buf(), env, child: None, stderr: Arc::default() };
+        s.restart().await;
+        s
+    }
+
+    /// Starts the binary (again) on a new free port, with the same RUNS_DIR and settings, and
+    /// waits until `GET /healthz` answers. Defaults, which `env` overrides: loopback, the local
+    /// network backend, quick Redis timeouts, LOG_LEVEL=warn, the test build's `loadgen` and the
+    /// repository's load profiles. RUNS_DIR goes in the environment, not the command line, so
+    /// [`processes_with`] of [`loadgen_needle`] never counts the service itself.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "the previous chaos-lab process is still running");
+        let port = free_port();
+        let child = Command::new(BIN)
+            .env("APP_HOST", "127.0.0.1")
+            .env("APP_PORT", port.to_string())
+            .env("RUNS_DIR", &self.runs_dir)
+            .env("SCENARIOS_DIR", temp_dir("process-scenarios"))
+            .env("LOG_FORMAT", "json")
+            .env("LOG_LEVEL", "warn")
+            .env("LOADGEN_BIN", env!("CARGO_BIN_EXE_loadgen"))
+            .env("LOADGEN_PROFILES_DIR", format!("{}/loadtests/profiles", env!("CARGO_MANIFEST_DIR")))
+            .env("NETWORK_FAULT_BACKEND", "local")
+            .env("REDIS_HOST", "127.0.0.1")
+            .env("REDIS_SOCKET_TIMEOUT", "1")
+            .env("REDIS_SOCKET_CONNECT_TIMEOUT", "1")
+            .env("REDIS_BACKOFF_BASE", "0.1")
+            .env("REDIS_BACKOFF_CAP", "0.3")
+            .env("HEALTH_CACHE_TTL_SECONDS", "0")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start the chaos-lab binary");
+        self.child = Some(child);
+        let pipe = self.child.as_mut().unwrap().stderr.take().unwrap();
+        let tail = self.stderr.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                let mut t = tail.lock().unwrap();
+                t.push_back(line);
+                if t.len() > 100 {
+                    t.pop_front();
+                }
+            }
+        });
+        self.url = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let probe = http().get(self.url("/healthz")).timeout(Duration::from_secs(1)).send().await;
+            if probe.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                panic!("chaos-lab exited at startup ({status}):\n{}", self.stderr_tail());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "chaos-lab did not answer GET /healthz in 30 s:\n{}",
+                self.stderr_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("chaos-lab is not running").id()
+    }
+
+    /// Whether the process is still running (reaps it if it has exited).
+    pub fn is_running(&mut self) -> bool {
+        let exited = match self.child.as_mut() {
+            Some(c) => !matches!(c.try_wait(), Ok(None)),
+            None => return false,
+        };
+        if exited {
+            self.child = None;
+        }
+        !exited
+    }
+
+    /// The last lines the service wrote to stderr.
+    pub fn stderr_tail(&self) -> String {
+        self.stderr.lock().unwrap().iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the exit; `None` when it was still running then
+    /// (it is killed, so the next restart can go ahead).
+    pub async fn sigterm(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                self.kill9();
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// kill -9: nothing in the process gets to run; reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// A figure of the service's `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`, ...).
+    pub fn vm_kib(&self, field: &str) -> u64 {
+        vm_kib(&self.pid().to_string(), field)
+    }
+
+    /// Where to look for what this service's faults may have left (see [`TestService::world`]).
+    pub fn world(&self, ping_redis: bool) -> World {
+        World::new(&self.url, self.runs_dir.clone(), ping_redis)
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

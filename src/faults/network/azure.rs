@@ -160,8 +160,12 @@ impl AzureNsg {
         port: u16,
         expires_at: DateTime<Utc>,
         run_id: Option<&str>,
+        name: Option<&str>,
     ) -> Result<ChaosRule, FaultError> {
-        let name = format!("{RULE_PREFIX}block-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let name = name.map_or_else(new_rule_name, str::to_string);
+        if !name.starts_with(RULE_PREFIX) {
+            return Err(FaultError::Invalid(format!("rule name '{name}' must start with {RULE_PREFIX}")));
+        }
         let description = format!(
             "chaos-lab run={} expires={}",
             run_id.unwrap_or("-"),
@@ -320,7 +324,7 @@ impl NetworkBackend for AzureNsg {
         let ttl = spec.duration.unwrap_or(DEFAULT_TTL);
         let expires_at = Utc::now() + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::hours(1));
         let port = spec.port.unwrap_or(self.inner.default_port);
-        let rule = self.create_rule(port, expires_at, spec.run_id.as_deref()).await?;
+        let rule = self.create_rule(port, expires_at, spec.run_id.as_deref(), spec.name.as_deref()).await?;
         let fault = self.fault(&rule);
         self.inner.faults.lock().unwrap().push(fault.clone());
         if let Some(d) = spec.duration {
@@ -355,20 +359,28 @@ impl NetworkBackend for AzureNsg {
         self.delete_rule(id).await
     }
 
+    /// Every `chaos-` rule in the NSG, whoever wrote it (this process, a crashed one, the operator
+    /// CLI): what the kill switch removes after the ledger's own undo.
     async fn clear_all(&self) -> Result<usize, FaultError> {
-        let ids: Vec<String> = self.inner.faults.lock().unwrap().iter().map(|f| f.id.clone()).collect();
         let mut n = 0;
-        for id in ids {
-            if self.delete_rule(&id).await? {
+        for rule in self.list().await? {
+            if self.delete_rule(&rule.name).await? {
+                tracing::warn!(rule = %rule.name, description = %rule.description, "deleted a chaos rule the ledger did not hold");
                 n += 1;
             }
         }
+        self.inner.faults.lock().unwrap().clear();
         Ok(n)
     }
 
     fn faults(&self) -> Vec<NetworkFault> {
         self.inner.faults.lock().unwrap().clone()
     }
+}
+
+/// A fresh `chaos-block-<hex>` rule name.
+pub fn new_rule_name() -> String {
+    format!("{RULE_PREFIX}block-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
 }
 
 /// The lowest priority from `from` up that no rule uses.

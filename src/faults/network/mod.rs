@@ -2,8 +2,8 @@
 //! the service and Redis (the default when no Azure settings are given); `azure` writes deny
 //! rules in an NSG; `recording` applies nothing and only remembers, for dry runs.
 //!
-//! A backend only applies and removes faults. Who undoes what, and when, is the run's business
-//! (`chaos::undo`) and the kill switch's.
+//! A backend only applies and removes faults. Who undoes what, and when, is the fault ledger's
+//! business (`faults::ledger`).
 
 pub mod azure;
 pub mod local;
@@ -60,6 +60,9 @@ pub struct BlockSpec {
     /// Also cut connections that are already established.
     pub cut_existing: bool,
     pub run_id: Option<String>,
+    /// The fault's id, chosen before it is applied so an interrupted apply can still be undone
+    /// by name (the NSG rule name); backends whose faults die with the process may ignore it.
+    pub name: Option<String>,
 }
 
 /// A request to slow traffic down.
