@@ -161,6 +161,8 @@ async fn openapi_describes_every_route_and_docs_render_it() {
         ("get", "/docs"),
         ("get", "/metrics"),
         ("post", "/chaos/stop"),
+        ("post", "/chaos/resume"),
+        ("get", "/chaos/faults"),
         ("post", "/chaos/run"),
         ("get", "/chaos/runs"),
         ("get", "/chaos/scenarios"),
@@ -171,6 +173,7 @@ async fn openapi_describes_every_route_and_docs_render_it() {
         ("get", "/chaos/runs/{id}/events"),
         ("post", "/chaos/runs/{id}/cancel"),
         ("get", "/chaos/scenarios/{name}"),
+        ("delete", "/chaos/faults/{id}"),
     ];
     for (method, path) in templated {
         assert!(spec["paths"][path][method].is_object(), "{method} {path} missing from openapi.json");

@@ -93,7 +93,10 @@ impl Runs {
         let mut index = Vec::new();
         for entry in std::fs::read_dir(&dir)?.flatten() {
             let path = entry.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+            // The fault ledger's file lives beside the journals.
+            if path.extension().and_then(|e| e.to_str()) != Some("json")
+                || path.file_name() == Some("ledger.json".as_ref())
+            {
                 continue;
             }
             let Ok(text) = std::fs::read_to_string(&path) else { continue };

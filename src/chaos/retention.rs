@@ -293,14 +293,14 @@ mod tests {
         let exists = |id: &String| dir.join(format!("{id}.json")).exists();
 
         let by_age = Retain { max_runs: usize::MAX, max_age: Some(Duration::from_secs(30 * 86_400)) };
-        assert_eq!(prune_at(&dir, &by_age, now), [expired.clone()]);
+        assert_eq!(prune_at(&dir, &by_age, now), std::slice::from_ref(&expired));
         assert!(!dir.join("loadgen").join(format!("{expired}-loadgen-1.json")).exists());
         assert!(!dir.join("loadgen").join(format!("{expired}-loadgen-1.html")).exists());
         assert!(dir.join("loadgen").join(format!("{second}-loadgen-1.html")).exists());
         assert!(exists(&stale_running), "a running journal is never deleted, however old");
 
         let by_count = Retain { max_runs: 2, max_age: None };
-        assert_eq!(prune_at(&dir, &by_count, now), [third.clone()]);
+        assert_eq!(prune_at(&dir, &by_count, now), std::slice::from_ref(&third));
         assert!(exists(&newest) && exists(&second) && exists(&stale_running) && !exists(&third));
         assert!(prune_at(&dir, &by_count, now).is_empty(), "nothing more to prune");
         for other in ["ledger.json", "notes.json", ".x.json.tmp"] {

@@ -5,8 +5,9 @@
 //!   applied, with everything needed to undo it (the NSG rule's name is chosen up front, the
 //!   broken revision's name and the revision to go back to are known before the PATCH). An apply
 //!   interrupted half-way is therefore known and undone like any other.
-//! - **Applies run to completion**: the apply is a task of its own, so a run that is cancelled
-//!   while an ARM PUT is in flight does not drop it; the entry settles, then its undo runs.
+//! - **Applies and undos run to completion**: each is a task of its own, so a run that is
+//!   cancelled while an ARM PUT is in flight does not drop it (the entry settles, then its undo
+//!   runs), and a rollback stopped at its budget cannot leave an undo half-done.
 //! - **Leases**: every entry expires. The ledger's own timer undoes expired entries, so a wedged
 //!   run cannot keep a fault alive past its lease.
 //! - **Undo**: entries are undone independently and concurrently, each with its own timeout and
@@ -456,7 +457,16 @@ impl Ledger {
             };
             if let Some(entry) = claimed {
                 self.bump();
-                return Some(self.perform(entry).await);
+                // A task of its own: a caller that gives up (a rollback out of budget) must not
+                // leave the entry claimed and half-undone.
+                let me = self.clone();
+                let fallback = outcome(&entry, false);
+                return Some(
+                    tokio::spawn(async move { me.perform(entry).await }).await.unwrap_or_else(|e| Outcome {
+                        detail: format!("internal error while undoing: {e}"),
+                        ..fallback
+                    }),
+                );
             }
             // Applying or being undone by someone else: wait for a change.
             if tokio::time::timeout_at(settle_deadline, changes.changed()).await.is_err() {
