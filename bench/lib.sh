@@ -104,15 +104,23 @@ start_redis() {
 # start_redis, LOG_LEVEL=warn, stderr to $WORK/service.log, plus (or overriding) the given
 # environment settings; wait up to ~10 s for GET /healthz. Sets APP_PORT, URL and SVC_PID.
 start_service() {
-    APP_PORT=$(free_port)
-    URL=http://127.0.0.1:$APP_PORT
-    env APP_HOST=127.0.0.1 APP_PORT="$APP_PORT" REDIS_ENABLED=true REDIS_SSL=false REDIS_HOST=127.0.0.1 \
-        REDIS_PORT="$REDIS_PORT" LOG_LEVEL=warn "$@" "$BIN" 2>"$WORK/service.log" &
-    SVC_PID=$!
-    for _ in {1..100}; do
-        curl -fsS --max-time 1 "$URL/healthz" >/dev/null 2>&1 && break
-        kill -0 "$SVC_PID" 2>/dev/null || die "service exited: $(cat "$WORK/service.log")"
-        sleep 0.1
+    local attempt
+    # A port free a moment ago may be taken meanwhile (load generators open many ephemeral ports):
+    # a start that loses that race is retried on another port.
+    for attempt in 1 2 3 4 5; do
+        APP_PORT=$(free_port)
+        URL=http://127.0.0.1:$APP_PORT
+        env APP_HOST=127.0.0.1 APP_PORT="$APP_PORT" REDIS_ENABLED=true REDIS_SSL=false REDIS_HOST=127.0.0.1 \
+            REDIS_PORT="$REDIS_PORT" LOG_LEVEL=warn "$@" "$BIN" 2>"$WORK/service.log" &
+        SVC_PID=$!
+        for _ in {1..100}; do
+            curl -fsS --max-time 1 "$URL/healthz" >/dev/null 2>&1 && return 0
+            kill -0 "$SVC_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$SVC_PID" 2>/dev/null; then die "service did not answer /healthz"; fi
+        grep -q "Address already in use" "$WORK/service.log" || die "service exited: $(cat "$WORK/service.log")"
+        echo "   (port $APP_PORT was taken meanwhile; retrying, attempt $attempt)" >&2
     done
-    curl -fsS --max-time 1 "$URL/healthz" >/dev/null || die "service did not answer /healthz"
+    die "service exited: $(cat "$WORK/service.log")"
 }

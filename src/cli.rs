@@ -18,6 +18,14 @@ use crate::faults::network::azure::{AzureNsg, DEFAULT_TTL};
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
+    /// Internal: run PROGRAM so that it dies with process PARENT_PID (the development Redis).
+    #[command(hide = true)]
+    ExecGuarded {
+        #[arg(long)]
+        parent_pid: u32,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Compile scenario scripts and check their header and the functions they call, without
     /// running them. Exits non-zero and prints FILE:LINE:COLUMN for every problem.
     Check {
@@ -160,6 +168,10 @@ impl AzureTarget {
 /// Runs a subcommand; returns the process exit code.
 pub async fn main(cmd: Command) -> i32 {
     let result = match cmd {
+        Command::ExecGuarded { parent_pid, command } => {
+            eprintln!("{}", crate::child::exec_guarded(parent_pid, &command));
+            Ok(2)
+        }
         Command::Check { files } => Ok(check(&files)),
         Command::Run { file, url, params, token, timeout_seconds, dry_run } => {
             run(file, url, params, token, timeout_seconds, dry_run).await

@@ -7,7 +7,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 
 use crate::chaos::report::RunLimits;
 use crate::chaos::retention::Retain;
@@ -236,6 +237,13 @@ pub enum RedisAuth {
     Entra,
 }
 
+/// Whether the service may start a development Redis for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DevServer {
+    Auto,
+    Off,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -254,6 +262,16 @@ pub struct RedisConfig {
     /// Redis host name or address.
     #[arg(long, env = "REDIS_HOST", value_name = "REDIS_HOST", default_value = "localhost", value_parser = parse_redis_host)]
     pub redis_host: String,
+
+    /// `auto`: when REDIS_HOST and REDIS_PORT are not set (nor Azure, TLS or auth settings), no
+    /// Redis answers at localhost:6379 and `redis-server` is installed, start a development Redis
+    /// on a private loopback port (nothing kept on disk; it dies with the service). `off`: never.
+    #[arg(long, env = "REDIS_DEV_SERVER", value_name = "REDIS_DEV_SERVER", default_value = "auto", value_enum)]
+    pub redis_dev_server: DevServer,
+
+    /// Whether REDIS_HOST or REDIS_PORT was given (by flag or environment), not defaulted.
+    #[arg(skip)]
+    pub redis_address_given: bool,
 
     /// Redis port (10000 on Azure Managed Redis).
     #[arg(long, env = "REDIS_PORT", value_name = "REDIS_PORT", default_value = "6379", value_parser = parse_redis_port)]
@@ -396,8 +414,25 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Cli::try_parse_from(std::iter::once("chaos-lab".into()).chain(args.into_iter().map(Into::into)))
-            .map(|c| c.config)
+        let matches = Cli::command()
+            .try_get_matches_from(std::iter::once("chaos-lab".into()).chain(args.into_iter().map(Into::into)))?;
+        Cli::from_matches(&matches).map(|c| c.config)
+    }
+}
+
+impl Cli {
+    /// Parses the process's arguments and environment (exits with clap's message on an error).
+    pub fn parse_all() -> Self {
+        let matches = Cli::command().get_matches();
+        Cli::from_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+
+    /// What was parsed, plus which settings were given rather than defaulted.
+    fn from_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut cli = Cli::from_arg_matches(m)?;
+        let given = |id: &str| m.value_source(id).is_some_and(|s| s != ValueSource::DefaultValue);
+        cli.config.redis.redis_address_given = given("redis_host") || given("redis_port");
+        Ok(cli)
     }
 }
 

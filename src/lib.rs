@@ -11,14 +11,19 @@
 //! - [`http`]: routes, extractors, the error envelope; `http` → `chaos` → `faults` → `store`.
 //! - [`cli`]: the binary's subcommands: `check`, `run`, and the operator's `network`,
 //!   `deploy-fault` and `revisions`.
+//! - [`dev_redis`]: a development Redis for a fresh machine, started only when nothing else is
+//!   configured or answering.
+//! - [`child`]: child processes that die with the service (parent-death signal).
 //! - [`telemetry`]: metrics with the original lab's names, also served at `GET /metrics`.
 //! - [`serve`]: runs the API on a bound listener until a shutdown future resolves.
 #![forbid(unsafe_code)]
 
 pub mod azure;
 pub mod chaos;
+pub mod child;
 pub mod cli;
 pub mod config;
+pub mod dev_redis;
 pub mod faults;
 pub mod http;
 pub mod loadgen;

@@ -2,7 +2,6 @@
 //! Ctrl-C.
 
 use anyhow::Context;
-use clap::Parser;
 
 use chaos_lab::AppState;
 use chaos_lab::config::{Cli, LogFormat};
@@ -11,7 +10,7 @@ use chaos_lab::config::{Cli, LogFormat};
 async fn main() -> anyhow::Result<()> {
     // rustls needs one process-wide crypto provider (azure_mgmt_network also brings ring in).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let cli = Cli::parse();
+    let cli = Cli::parse_all();
     if let Some(cmd) = cli.command {
         std::process::exit(chaos_lab::cli::main(cmd).await);
     }
@@ -35,7 +34,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         address = %local,
         network_backend = state.network.name(),
-        redis = %format!("{}:{}", config.redis.redis_host, config.redis.redis_port),
+        redis = %format!("{}:{}", state.config.redis.redis_host, state.config.redis.redis_port),
         redis_enabled = config.redis.redis_enabled,
         "chaos-lab listening"
     );

@@ -7,7 +7,7 @@
 # The integration tests start their own redis-server processes on free loopback ports; the Locust
 # test and the infra checks need Python tools, installed into the venv target/py from
 # loadtests/locust/requirements.txt and tests/infra/requirements.txt. System packages that are
-# missing (redis-server, openssl, python3-venv) are installed with apt-get.
+# missing (redis-server, openssl, curl, python3-venv) are installed with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,7 @@ apt_install() {
 
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 command -v openssl >/dev/null 2>&1 || apt_install openssl   # certificates for the Redis TLS test
+command -v curl >/dev/null 2>&1 || apt_install curl         # tests/first_run.rs runs the README's curl lines
 command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
 
 # Python tools in a venv under target/: Locust (tests/locust.rs runs it) and the infra checks.

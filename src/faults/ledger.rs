@@ -514,7 +514,24 @@ impl Ledger {
     }
 
     /// Undoes every entry of every owner.
+    /// This is the emergency stop (kill switch, shutdown): load generators are killed at once
+    /// rather than asked to stop and write their reports, so traffic ends within milliseconds.
     pub async fn undo_all(self: &Arc<Self>) -> Vec<Outcome> {
+        let children: Vec<(u32, u64)> = {
+            let inner = self.inner.lock().unwrap();
+            inner
+                .entries
+                .iter()
+                .filter(|e| e.state != EntryState::Undone && e.pid == std::process::id())
+                .filter_map(|e| match e.undo {
+                    Undo::Loadgen { pid, start_ticks } => Some((pid, start_ticks)),
+                    _ => None,
+                })
+                .collect()
+        };
+        for (pid, ticks) in children {
+            crate::chaos::loadgen::kill_group(pid, ticks);
+        }
         self.undo_where(|_| true).await
     }
 

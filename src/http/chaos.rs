@@ -144,7 +144,7 @@ async fn redis_reset(
 }
 
 async fn status(State(state): State<AppState>) -> Json<Value> {
-    let redis = match &state.store {
+    let mut redis = match &state.store {
         None => json!({"enabled": false, "connected": false, "connection_count": 0, "last_reset": null}),
         Some(store) => json!({
             "enabled": true,
@@ -152,6 +152,10 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
             "connection_count": store.connection_count(),
             "last_reset": store.last_reset().map(crate::format_timestamp),
         }),
+    };
+    redis["dev_server"] = match &state.dev_redis {
+        Some(d) => json!({"pid": d.pid, "address": format!("127.0.0.1:{}", d.port), "note": d.describe()}),
+        None => Value::Null,
     };
     Json(json!({
         "load": state.faults.load.status(),

@@ -55,6 +55,8 @@ pub struct AppState {
     pub network: Arc<dyn NetworkBackend>,
     /// Set when the local backend runs, for the details `/chaos/status` shows.
     pub proxy: Option<Arc<LocalProxy>>,
+    /// The development Redis this service started for itself, if any (see `dev_redis`).
+    pub dev_redis: Option<Arc<crate::dev_redis::DevRedis>>,
     pub runs: Arc<Runs>,
     pub health: Arc<app::HealthCache>,
 }
@@ -63,7 +65,14 @@ impl AppState {
     /// Builds everything the API needs for a service that listens on `addr`: the network fault
     /// backend (starting the local proxy), the Redis client routed through it, the scenario
     /// catalog (watched) and the run journals.
-    pub async fn start(config: Config, addr: SocketAddr) -> anyhow::Result<Self> {
+    pub async fn start(mut config: Config, addr: SocketAddr) -> anyhow::Result<Self> {
+        // On a fresh machine: a Redis of our own when nothing is configured or answering. Spawned
+        // from this (the main) thread, which lives as long as the service.
+        let dev_redis = crate::dev_redis::provide(&config).map(Arc::new);
+        if let Some(d) = &dev_redis {
+            config.redis.redis_host = "127.0.0.1".into();
+            config.redis.redis_port = d.port;
+        }
         let azure = &config.chaos.azure;
         let backend = config.chaos.network_backend();
         let app = azure.app();
@@ -164,6 +173,7 @@ impl AppState {
             ledger,
             network,
             proxy,
+            dev_redis,
             runs: Arc::new(runs),
             health: Arc::new(app::HealthCache::new(ttl)),
         };

@@ -115,7 +115,7 @@ pub fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     if let Some(pid) = cli.run.parent_pid
-        && let Err(e) = die_with_parent(pid)
+        && let Err(e) = crate::child::die_with_parent(pid)
     {
         eprintln!("loadgen: {e}");
         return ExitCode::from(2);
@@ -133,18 +133,6 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-/// Asks Linux for SIGKILL when the parent dies, then checks the parent is still `pid` (it may
-/// have died before the request was made).
-fn die_with_parent(pid: u32) -> Result<(), String> {
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .map_err(|e| format!("--parent-pid: cannot set the parent-death signal: {e}"))?;
-    let parent = nix::unistd::getppid().as_raw();
-    if u32::try_from(parent).ok() != Some(pid) {
-        return Err(format!("--parent-pid {pid}: the parent is already gone (parent is now {parent})"));
-    }
-    Ok(())
 }
 
 fn merge(
