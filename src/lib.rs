@@ -7,6 +7,8 @@
 //! - [`faults`]: CPU/memory load, hangs, network faults (local proxy or Azure NSG), broken
 //!   Container Apps revisions; one implementation per fault, each stoppable.
 //! - [`azure`]: the managed-identity credential, a small ARM client, Entra ID for Redis.
+//! - [`chaos_store`]: where shared state lives (a local directory, or Azure Blob Storage for a
+//!   fleet of replicas); one seam, conditional writes, every call bounded.
 //! - [`chaos`]: the scenario engine: Rhai runs, the scenario catalog, journals, undo.
 //! - [`http`]: routes, extractors, the error envelope; `http` → `chaos` → `faults` → `store`.
 //! - [`cli`]: the binary's subcommands: `check`, `run`, and the operator's `network`,
@@ -20,6 +22,7 @@
 
 pub mod azure;
 pub mod chaos;
+pub mod chaos_store;
 pub mod child;
 pub mod cli;
 pub mod config;

@@ -6,8 +6,9 @@
 #
 # The integration tests start their own redis-server processes on free loopback ports; the Locust
 # test and the infra checks need Python tools, installed into the venv target/py from
-# loadtests/locust/requirements.txt and tests/infra/requirements.txt. System packages that are
-# missing (redis-server, openssl, curl, python3-venv) are installed with apt-get.
+# loadtests/locust/requirements.txt and tests/infra/requirements.txt; the store tests start Azurite
+# (npm `azurite`), installed into target/node. System packages that are missing (redis-server,
+# openssl, curl, python3-venv, npm) are installed with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,9 +21,16 @@ apt_install() {
 }
 
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
-command -v openssl >/dev/null 2>&1 || apt_install openssl   # certificates for the Redis TLS test
+command -v openssl >/dev/null 2>&1 || apt_install openssl   # Redis TLS test certificates; Azurite SAS signatures
 command -v curl >/dev/null 2>&1 || apt_install curl         # tests/first_run.rs runs the README's curl lines
 command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
+
+# Azurite, the Azure Storage emulator: tests/common/azurite.rs starts target/node's azurite-blob.
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+if [ ! -x target/node/node_modules/.bin/azurite-blob ]; then
+  echo "tests/run.sh: installing Azurite (npm) into target/node"
+  npm install --prefix target/node --no-audit --no-fund --loglevel=error azurite@3 >/dev/null
+fi
 
 # Python tools in a venv under target/: Locust (tests/locust.rs runs it) and the infra checks.
 command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv

@@ -757,3 +757,5 @@ impl Drop for ServiceProcess {
         self.kill9();
     }
 }
+
+pub mod azurite;
