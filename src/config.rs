@@ -152,6 +152,18 @@ pub struct ChaosConfig {
     #[arg(long, env = "ROLLBACK_TIMEOUT_SECONDS", value_name = "ROLLBACK_TIMEOUT_SECONDS", default_value = "10",
           value_parser = seconds("ROLLBACK_TIMEOUT_SECONDS", 0.1, 300.0))]
     pub rollback_timeout_seconds: Duration,
+
+    /// Azure Blob Storage container shared by every replica (the fleet's heartbeats and halt
+    /// latch): `https://<account>.blob.core.windows.net/<container>`, signed in with the managed
+    /// identity (role Storage Blob Data Contributor), or with a SAS query string used as is.
+    /// Unset: this replica is alone and keeps its state in RUNS_DIR.
+    #[arg(long, env = "CHAOS_STORE_URL", value_name = "CHAOS_STORE_URL", hide_env_values = true)]
+    pub chaos_store_url: Option<String>,
+
+    /// This replica's name in the fleet (default: Container Apps' CONTAINER_APP_REPLICA_NAME, else
+    /// the host name).
+    #[arg(long, env = "REPLICA_NAME", value_name = "REPLICA_NAME")]
+    pub replica_name: Option<String>,
 }
 
 /// Which network fault backend to use.

@@ -9,6 +9,7 @@
 //! - [`azure`]: the managed-identity credential, a small ARM client, Entra ID for Redis.
 //! - [`chaos_store`]: where shared state lives (a local directory, or Azure Blob Storage for a
 //!   fleet of replicas); one seam, conditional writes, every call bounded.
+//! - [`fleet`]: replicas sharing the chaos store: heartbeats and the fleet-wide halt latch.
 //! - [`chaos`]: the scenario engine: Rhai runs, the scenario catalog, journals, undo.
 //! - [`http`]: routes, extractors, the error envelope; `http` → `chaos` → `faults` → `store`.
 //! - [`cli`]: the binary's subcommands: `check`, `run`, and the operator's `network`,
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod dev_redis;
 pub mod faults;
+pub mod fleet;
 pub mod http;
 pub mod loadgen;
 pub mod store;

@@ -389,6 +389,38 @@ impl Runs {
     }
 }
 
+/// What the kill switch did on this replica.
+pub struct KillReport {
+    pub halt: crate::faults::ledger::Halt,
+    /// The runs it cancelled (they end on their own threads).
+    pub runs: Vec<Arc<RunShared>>,
+    /// Every fault the ledger undid (or failed to).
+    pub outcomes: Vec<Outcome>,
+    /// Network faults the backend held that the ledger did not know, removed.
+    pub unknown: Result<usize, crate::faults::FaultError>,
+    /// From the start to every fault undone.
+    pub all_clear_ms: f64,
+}
+
+/// The kill switch on this replica: halts first (no new run or fault from here on), cancels every
+/// run (cutting their rollbacks short), has the ledger undo every fault of every owner, and
+/// removes the backend's faults the ledger does not know (an operator CLI's NSG rule). The one
+/// implementation of "stop everything": `POST /chaos/stop` and the fleet's latch both call it.
+pub async fn kill_switch(
+    runs: &Runs,
+    ledger: &Arc<crate::faults::ledger::Ledger>,
+    network: &dyn crate::faults::network::NetworkBackend,
+    by: &str,
+) -> KillReport {
+    let started = std::time::Instant::now();
+    let halt = ledger.halt(by);
+    let runs = runs.request_stop_all(StopReason::KillSwitch);
+    let outcomes = ledger.undo_all().await;
+    let unknown = network.clear_all().await;
+    let all_clear_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
+    KillReport { halt, runs, outcomes, unknown, all_clear_ms }
+}
+
 /// The name a value has in the API (e.g. `timed_out`).
 fn json_name<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()

@@ -26,7 +26,7 @@ pub enum FaultError {
     Invalid(String),
     /// What the fault acts on is not there (e.g. Redis disabled).
     #[error("{0}")]
-    Unavailable(&'static str),
+    Unavailable(String),
     /// The backend cannot apply this kind of fault (e.g. latency with an NSG).
     #[error("{0}")]
     Unsupported(String),
@@ -85,7 +85,7 @@ impl Faults {
 /// Closes every pooled Redis connection. `force` aborts commands in flight; otherwise they get
 /// the socket timeout to finish.
 pub async fn redis_reset(store: Option<&Store>, force: bool) -> Result<ResetReport, FaultError> {
-    let store = store.ok_or(FaultError::Unavailable("Redis client not initialized"))?;
+    let store = store.ok_or_else(|| FaultError::Unavailable("Redis client not initialized".into()))?;
     let report = store.reset(force).await;
     crate::telemetry::metrics().redis_reset.add(1, &[]);
     Ok(report)

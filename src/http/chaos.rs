@@ -166,6 +166,7 @@ async fn status(State(state): State<AppState>) -> Json<Value> {
         "halted": state.ledger.halted().is_some(),
         "halt": state.ledger.halted(),
         "faults": state.ledger.list(),
+        "fleet": state.fleet.status(),
         "timestamp": crate::timestamp(),
     }))
 }

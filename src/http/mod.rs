@@ -55,6 +55,8 @@ pub struct AppState {
     pub network: Arc<dyn NetworkBackend>,
     /// Set when the local backend runs, for the details `/chaos/status` shows.
     pub proxy: Option<Arc<LocalProxy>>,
+    /// This replica's view of the fleet (alone without CHAOS_STORE_URL).
+    pub fleet: Arc<crate::fleet::Fleet>,
     /// The development Redis this service started for itself, if any (see `dev_redis`).
     pub dev_redis: Option<Arc<crate::dev_redis::DevRedis>>,
     pub runs: Arc<Runs>,
@@ -78,7 +80,9 @@ impl AppState {
         let app = azure.app();
         let entra = config.redis.redis_enabled && config.redis.auth() == RedisAuth::Entra;
         // One credential for ARM and Redis, made only when something needs Azure.
-        let credential = if backend == NetworkBackendKind::Azure || entra || app.is_some() {
+        let store_url = config.chaos.chaos_store_url.clone().filter(|u| !u.trim().is_empty());
+        let store_signs_in = store_url.as_deref().is_some_and(|u| !u.contains("sig="));
+        let credential = if backend == NetworkBackendKind::Azure || entra || app.is_some() || store_signs_in {
             Some(crate::azure::credential(azure.azure_client_id.as_deref()).map_err(anyhow::Error::msg)?)
         } else {
             None
@@ -165,6 +169,21 @@ impl AppState {
             &recovered,
         )
         .with_context(|| format!("cannot use RUNS_DIR {}", config.chaos.runs_dir.display()))?;
+        let runs = Arc::new(runs);
+        let name = crate::fleet::replica_name(config.chaos.replica_name.as_deref());
+        let fleet = match store_url {
+            None => crate::fleet::Fleet::alone(name),
+            Some(url) => {
+                let local =
+                    crate::fleet::Local { runs: runs.clone(), ledger: ledger.clone(), network: network.clone() };
+                let cred = credential.clone();
+                let open = move || {
+                    let (url, cred) = (url.clone(), cred.clone());
+                    async move { crate::chaos_store::azure_blob(&url, cred).await }
+                };
+                crate::fleet::Fleet::join(name, open, local)
+            }
+        };
         let ttl = config.health_cache_ttl_seconds;
         let state = Self {
             config: Arc::new(config),
@@ -174,7 +193,8 @@ impl AppState {
             network,
             proxy,
             dev_redis,
-            runs: Arc::new(runs),
+            runs,
+            fleet,
             health: Arc::new(app::HealthCache::new(ttl)),
         };
         let exporting = ["OTEL_EXPORTER_OTLP_ENDPOINT", "APPLICATIONINSIGHTS_CONNECTION_STRING"]

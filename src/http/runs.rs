@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::chaos::report::{Event, RunShared, StopReason};
+use crate::chaos::report::{Event, RunShared};
 use crate::chaos::{RunError, RunRequest};
 
 /// How long the kill switch and shutdown wait for runs to finish their undo.
@@ -191,48 +191,58 @@ async fn cancel_run(State(state): State<AppState>, Path(id): Path<String>) -> Re
 /// not know (an operator CLI's NSG rule). `all_clear_ms` is the time until all that was done;
 /// the runs' journals are then given a moment to close.
 async fn kill_switch(State(state): State<AppState>) -> Json<Value> {
-    let started = std::time::Instant::now();
     let load = state.faults.load.status().active;
     let hang = state.faults.hang.status().active;
-    let halt = state.ledger.halt("POST /chaos/stop");
-    let runs = state.runs.request_stop_all(StopReason::KillSwitch);
-    let outcomes = state.ledger.undo_all().await;
-    let unknown = match state.network.clear_all().await {
-        Ok(n) => json!(n),
-        Err(e) => json!({"error": e.to_string()}),
+    let r = crate::chaos::kill_switch(&state.runs, &state.ledger, state.network.as_ref(), "POST /chaos/stop").await;
+    // Every other replica follows within a poll; an unreachable store is reported, not fatal here.
+    let fleet = match state.fleet.publish_halt(&r.halt).await {
+        Ok(()) => json!({"published": true}),
+        Err(e) => json!({"published": false, "error": e.to_string()}),
     };
-    let all_clear_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
-    state.runs.wait_ended(&runs, STOP_GRACE).await;
-    let failed: Vec<_> = outcomes.iter().filter(|o| !o.ok).collect();
-    let undone = outcomes.len() - failed.len();
-    tracing::warn!(runs = runs.len(), undone, failed = failed.len(), all_clear_ms, "kill switch: halted");
+    state.runs.wait_ended(&r.runs, STOP_GRACE).await;
+    let failed: Vec<_> = r.outcomes.iter().filter(|o| !o.ok).collect();
+    let undone = r.outcomes.len() - failed.len();
+    tracing::warn!(
+        runs = r.runs.len(),
+        undone,
+        failed = failed.len(),
+        all_clear_ms = r.all_clear_ms,
+        "kill switch: halted"
+    );
     Json(json!({
         "status": "halted",
-        "halt": halt,
-        "runs_cancelled": runs.len(),
+        "halt": r.halt,
+        "runs_cancelled": r.runs.len(),
         "faults_undone": undone,
         "undo_failed": failed,
-        "undone": outcomes,
-        "unknown_rules_removed": unknown,
-        "all_clear_ms": all_clear_ms,
+        "undone": r.outcomes,
+        "unknown_rules_removed": match &r.unknown {
+            Ok(n) => json!(n),
+            Err(e) => json!({"error": e.to_string()}),
+        },
+        "all_clear_ms": r.all_clear_ms,
+        "fleet": fleet,
         "load_stopped": load,
         "hang_stopped": hang,
         "timestamp": crate::timestamp(),
     }))
 }
 
-/// Lifts the kill switch's latch.
-async fn resume(State(state): State<AppState>) -> Json<Value> {
+/// Lifts the kill switch's latch, on every replica of the fleet.
+async fn resume(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    state.fleet.publish_resume().await.map_err(|e| {
+        ApiError::Fault(crate::faults::FaultError::Unavailable(format!("cannot resume the fleet: {e}")))
+    })?;
     let was = state.ledger.resume();
     if let Some(h) = &was {
         tracing::warn!(halted_since = %h.at, "chaos resumed");
     }
-    Json(json!({
+    Ok(Json(json!({
         "status": "resumed",
         "was_halted": was.is_some(),
         "halted_since": was.as_ref().map(|h| h.at.clone()),
         "timestamp": crate::timestamp(),
-    }))
+    })))
 }
 
 async fn list_scenarios(State(state): State<AppState>) -> Json<Value> {

@@ -99,13 +99,13 @@ impl NetworkBackend for Disabled {
         "none"
     }
     async fn block(&self, _: BlockSpec) -> Result<NetworkFault, FaultError> {
-        Err(FaultError::Unavailable("network faults are off (NETWORK_FAULT_BACKEND=none)"))
+        Err(FaultError::Unavailable("network faults are off (NETWORK_FAULT_BACKEND=none)".into()))
     }
     async fn latency(&self, _: LatencySpec) -> Result<NetworkFault, FaultError> {
-        Err(FaultError::Unavailable("network faults are off (NETWORK_FAULT_BACKEND=none)"))
+        Err(FaultError::Unavailable("network faults are off (NETWORK_FAULT_BACKEND=none)".into()))
     }
     async fn reset_peers(&self) -> Result<usize, FaultError> {
-        Err(FaultError::Unavailable("network faults are off (NETWORK_FAULT_BACKEND=none)"))
+        Err(FaultError::Unavailable("network faults are off (NETWORK_FAULT_BACKEND=none)".into()))
     }
     async fn clear(&self, _: &str) -> Result<bool, FaultError> {
         Ok(false)
