@@ -54,6 +54,11 @@ param redisHighAvailability string = 'Disabled'
 @description('E-mail address notified when an alert fires. Empty: the alert rules fire without notifying anyone.')
 param alertEmail string = ''
 
+@minValue(1)
+@maxValue(3)
+@description('Minimum replicas of the container app (at most its 3 maximum). 2 (default) so that the fleet scenarios (replica-hang) have a replica to break and one to keep serving; 1 halves the cost of an idle lab.')
+param minReplicas int = 2
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -122,8 +127,21 @@ module redis 'modules/redis.bicep' = {
   }
 }
 
-// Uses registry and redis outputs, so it starts only after the AcrPull assignment and the Redis
-// access policy (both inside those modules) exist.
+// The fleet's chaos store: storage account, container `chaos`, Storage Blob Data Contributor for the
+// app identity on that account.
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    resourceToken: resourceToken
+    appPrincipalId: identity.outputs.principalId
+  }
+}
+
+// Uses registry, redis and storage outputs, so it starts only after the AcrPull assignment, the
+// Redis access policy and the blob data role (all inside those modules) exist.
 module containerApps 'modules/containerapps.bicep' = {
   name: 'containerapps'
   scope: rg
@@ -144,6 +162,8 @@ module containerApps 'modules/containerapps.bicep' = {
     redisHost: redis.outputs.hostName
     redisPort: redis.outputs.port
     nsgName: network.outputs.privateEndpointNsgName
+    chaosStoreUrl: storage.outputs.containerUrl
+    minReplicas: minReplicas
     chaosApiToken: chaosApiToken
   }
 }
@@ -204,4 +224,9 @@ output SERVICE_APP_IDENTITY_CLIENT_ID string = identity.outputs.clientId
 output AZURE_CLIENT_ID string = identity.outputs.clientId
 output REDIS_HOST string = redis.outputs.hostName
 output APPLICATIONINSIGHTS_CONNECTION_STRING string = monitoring.outputs.applicationInsightsConnectionString
+// The chaos store, for looking at it (`az storage blob list --auth-mode login`; needs a blob data
+// role of your own). Not named CHAOS_STORE_URL on purpose: with the azd values exported, a service
+// started on your machine would otherwise join the Azure fleet (and its kill-switch latch).
+output AZURE_CHAOS_STORE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_CHAOS_STORE_URL string = storage.outputs.containerUrl
 output LOADGEN_JOB_NAME string = deployLoadgenJob ? loadgenJob!.outputs.jobName : ''

@@ -106,3 +106,180 @@ async fn a_store_down_at_startup_leaves_the_app_serving_and_says_so() {
     .await;
     assert!(joined, "did not join the fleet: {}", status(&r).await);
 }
+
+/// Whether `GET /healthz` on `r` answers within `within` (an app hang stalls it).
+async fn answers(r: &ServiceProcess, within: Duration) -> bool {
+    http().get(r.url("/healthz")).timeout(within).send().await.is_ok_and(|x| x.status() == 200)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_reach_the_replicas_a_run_picks_and_leave_with_the_run() {
+    let azurite = Azurite::start();
+    let redis = RedisServer::start();
+    let fleet = fleet_of_three(&azurite, &redis, "fleet-targets").await;
+    let (r1, r3) = (&fleet[0], &fleet[2]);
+    assert!(eventually(Duration::from_secs(10), || async { replicas(r1).await.len() == 3 }).await);
+
+    // A load on every replica reaches r3 within 1.5 s, and ends with the run.
+    let id = start_run_at(
+        &r1.url,
+        json!({"script": "load(#{level: \"low\", seconds: 60, replicas: \"all\"});\nsleep(600);"}),
+    )
+    .await;
+    let started = Instant::now();
+    let reached = eventually(Duration::from_secs(5), || async { status(r3).await["load"]["active"] == true }).await;
+    assert!(reached, "the load did not reach r3: {}", status(r3).await);
+    eprintln!("load(#{{replicas: \"all\"}}) on r1 → active on r3 after {:.2} s", started.elapsed().as_secs_f64());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500) + Duration::from_millis(500),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (code, body) = post(&r1.url(&format!("/chaos/runs/{id}/cancel")), "").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        body["undo"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["action"].as_str().unwrap().starts_with("withdraw low load on r1, r2, r3")),
+        "{body:#}"
+    );
+    for r in &fleet {
+        let off = eventually(Duration::from_secs(5), || async {
+            let s = status(r).await;
+            s["load"]["active"] == false && s["faults"].as_array().is_some_and(Vec::is_empty)
+        })
+        .await;
+        assert!(off, "the load stayed on: {}", status(r).await);
+    }
+
+    // An app hang on exactly two replicas.
+    let id = start_run_at(&r1.url, json!({"script": "hang(#{seconds: 6, scope: \"app\", replicas: 2});\nsleep(600);"}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut stalled = 0;
+    for r in &fleet {
+        if !answers(r, Duration::from_millis(800)).await {
+            stalled += 1;
+        }
+    }
+    assert_eq!(stalled, 2, "replicas: 2 stalls exactly two replicas");
+    let (code, _) = post(&r1.url(&format!("/chaos/runs/{id}/cancel")), "").await;
+    // r1 may be one of the hung replicas: its cancel then waits for the hang to end.
+    assert!(code == 200 || code == 0, "{code}");
+    for r in &fleet {
+        assert!(
+            eventually(Duration::from_secs(10), || async { answers(r, Duration::from_secs(1)).await }).await,
+            "a replica stayed hung"
+        );
+    }
+
+    // Bad selectors say what is wrong.
+    let r = http()
+        .post(r1.url("/chaos/run?wait=true"))
+        .json(&json!({"script": "load(#{replicas: 5});"}))
+        .send()
+        .await
+        .unwrap();
+    let report: Value = r.json().await.unwrap();
+    assert!(
+        report["error"]["message"].as_str().unwrap().contains("asked for 5 replicas, but 3 are live"),
+        "{report:#}"
+    );
+    let (code, body) = post(&r1.url("/chaos/load"), r#"{"replicas": "lots"}"#).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("replicas must be"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_replica_answers_for_a_run_and_streams_its_events() {
+    let azurite = Azurite::start();
+    let redis = RedisServer::start();
+    let fleet = fleet_of_three(&azurite, &redis, "fleet-runs").await;
+    let (r1, r3) = (&fleet[0], &fleet[2]);
+    let script = "log(\"on r1\");\nsleep(2);\nrecord(\"answer\", 42);\nsleep(1);";
+    let id = start_run_at(&r1.url, json!({"script": script})).await;
+
+    // While it runs, r3 answers for it and streams it.
+    let seen = eventually(Duration::from_secs(5), || async {
+        let (code, r) = get(&r3.url(&format!("/chaos/runs/{id}"))).await;
+        code == 200 && r["status"] == "running" && r["replica"] == "r1"
+    })
+    .await;
+    assert!(seen, "r3 does not answer for r1's run: {:?}", get(&r3.url(&format!("/chaos/runs/{id}"))).await);
+    let body = http()
+        .get(r3.url(&format!("/chaos/runs/{id}/events")))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for event in
+        ["event: run_started", "event: log", "event: step_finished", "event: measurement", "event: run_finished"]
+    {
+        assert!(body.contains(event), "r3's stream lacks {event}:\n{body}");
+    }
+    let (_, report) = get(&r3.url(&format!("/chaos/runs/{id}"))).await;
+    assert_eq!(report["status"], "succeeded", "{report:#}");
+    assert_eq!(report["measurements"]["answer"], 42, "{report:#}");
+    let (_, list) = get(&r3.url("/chaos/runs")).await;
+    assert!(list["runs"].as_array().unwrap().iter().any(|r| r["run_id"] == id.as_str()), "{list}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_mid_run_has_its_faults_undone_by_the_others() {
+    let azurite = Azurite::start();
+    let redis = RedisServer::start();
+    let mut fleet = fleet_of_three(&azurite, &redis, "fleet-takeover").await;
+    // "all" is resolved against what r1 sees.
+    assert!(eventually(Duration::from_secs(10), || async { replicas(&fleet[0]).await.len() == 3 }).await);
+    let id = start_run_at(
+        &fleet[0].url,
+        json!({"script": "load(#{level: \"low\", seconds: 600, replicas: \"all\"});\nsleep(600);"}),
+    )
+    .await;
+    assert!(eventually(Duration::from_secs(5), || async { status(&fleet[2]).await["load"]["active"] == true }).await);
+    fleet[0].kill9();
+    let killed = Instant::now();
+    let (r2, r3) = (&fleet[1], &fleet[2]);
+    let undone = eventually(Duration::from_secs(30), || async {
+        status(r2).await["load"]["active"] == false && status(r3).await["load"]["active"] == false
+    })
+    .await;
+    assert!(undone, "r1's load stayed on: {} / {}", status(r2).await, status(r3).await);
+    eprintln!("kill -9 of r1 → its fleet load undone on r2 and r3 after {:.1} s", killed.elapsed().as_secs_f64());
+    let interrupted = eventually(Duration::from_secs(10), || async {
+        get(&r3.url(&format!("/chaos/runs/{id}"))).await.1["status"] == "interrupted"
+    })
+    .await;
+    let (_, report) = get(&r3.url(&format!("/chaos/runs/{id}"))).await;
+    assert!(interrupted, "{report:#}");
+    assert!(report["reason"].as_str().unwrap().contains("r1 stopped answering"), "{report:#}");
+    assert_eq!(replicas(r3).await, ["r2", "r3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_going_down_mid_run_leaves_nothing_applied() {
+    let mut azurite = Azurite::start();
+    let redis = RedisServer::start();
+    let fleet = fleet_of_three(&azurite, &redis, "fleet-outage").await;
+    assert!(eventually(Duration::from_secs(10), || async { replicas(&fleet[0]).await.len() == 3 }).await);
+    let r1 = &fleet[0];
+    let id = start_run_at(
+        &r1.url,
+        json!({"script": "load(#{level: \"low\", seconds: 600, replicas: \"all\"});\nsleep(600);"}),
+    )
+    .await;
+    assert!(eventually(Duration::from_secs(5), || async { status(&fleet[2]).await["load"]["active"] == true }).await);
+    azurite.stop();
+    let (code, report) = post(&r1.url(&format!("/chaos/runs/{id}/cancel")), "").await;
+    assert_eq!(code, 200, "{report}");
+    for r in &fleet {
+        let off = eventually(Duration::from_secs(30), || async { status(r).await["load"]["active"] == false }).await;
+        assert!(off, "a load stayed on with the store down: {}", status(r).await);
+        assert!(status(r).await["fleet"]["error"].is_string(), "{}", status(r).await);
+    }
+}

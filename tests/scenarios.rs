@@ -443,6 +443,7 @@ async fn every_shipped_scenario_passes_on_a_healthy_service() {
         ("cpu-pressure", json!({"level": "low", "seconds": 2, "samples": 2})),
         ("hang-and-recover", json!({"hang_s": 1, "recover_timeout_s": 10})),
         ("flaky-redis", json!({"rounds": 2, "latency_ms": 50, "requests": 2, "pause_s": 0.2, "recover_timeout_s": 10})),
+        ("replica-hang", json!({"seconds": 2, "probe_s": 1, "settle_s": 1})),
     ];
     for (name, params) in cases {
         let r = run_and_wait(&svc, json!({"scenario": name, "params": params})).await;

@@ -54,6 +54,9 @@ param redisPort int
 @description('Name of the NSG the azure network fault backend writes rules to.')
 param nsgName string
 
+@description('Container URL of the fleet\'s chaos store (env CHAOS_STORE_URL), reached with the app identity.')
+param chaosStoreUrl string
+
 @secure()
 @description('Bearer token for the script endpoints.')
 param chaosApiToken string
@@ -65,8 +68,8 @@ param cpu string = '1.0'
 param memory string = '2Gi'
 
 @minValue(1)
-@description('Minimum replicas (1: the lab is always up).')
-param minReplicas int = 1
+@description('Minimum replicas (at least 1: the lab is always up; 2 gives the fleet scenarios, such as replica-hang, a replica to hang and one to keep serving).')
+param minReplicas int = 2
 
 @description('Maximum replicas.')
 param maxReplicas int = 3
@@ -211,6 +214,12 @@ resource app 'Microsoft.App/containerApps@2024-03-01' = {
             {
               name: 'SERVICE_APP_NAME'
               value: appName
+            }
+            {
+              // The replicas share runs' safety state through it (docs/fleet.md). Each replica's
+              // name comes from CONTAINER_APP_REPLICA_NAME, which Container Apps sets itself.
+              name: 'CHAOS_STORE_URL'
+              value: chaosStoreUrl
             }
             {
               name: 'APPLICATIONINSIGHTS_CONNECTION_STRING'

@@ -1,6 +1,7 @@
 // The user-assigned managed identity the container app (and the load generator job) runs as.
 // Its rights are granted where the resources live: AcrPull in registry.bicep, the Redis access
-// policy in redis.bicep, the NSG and revision rights in permissions.bicep.
+// policy in redis.bicep, Storage Blob Data Contributor on the chaos store in storage.bicep, the NSG
+// and revision rights in permissions.bicep.
 
 @description('Azure region.')
 param location string

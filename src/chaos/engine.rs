@@ -50,6 +50,8 @@ pub struct Deps {
     pub loadgen: LoadgenConfig,
     /// Budget of each `on_rollback` closure.
     pub rollback_timeout: Duration,
+    /// This replica's view of the fleet, for faults aimed at other replicas.
+    pub fleet: Arc<crate::fleet::Fleet>,
 }
 
 /// Where a run is in its end.
@@ -430,6 +432,7 @@ fn undo_faults(ctx: &Ctx) {
 /// The undo of one fault, for people.
 fn describe(ctx: &Ctx, o: &Outcome) -> String {
     match o.kind {
+        FaultKind::Load | FaultKind::Hang if o.target.contains(" on ") => format!("withdraw {}", o.target),
         FaultKind::Load => "stop the load".into(),
         FaultKind::Hang => "end the hang".into(),
         FaultKind::NetworkBlock | FaultKind::NetworkLatency => match ctx.deps.ledger.get(&o.fault_id).map(|e| e.undo) {
@@ -441,6 +444,7 @@ fn describe(ctx: &Ctx, o: &Outcome) -> String {
             format!("stop {}", name.unwrap_or_else(|| o.target.clone()))
         }
         FaultKind::Deploy => format!("restore the revision before {}", o.target),
+        FaultKind::RedisReset => format!("withdraw {}", o.target),
     }
 }
 

@@ -69,6 +69,49 @@ pub struct Runs {
     /// with the retention pruner, which drops the runs it deletes.
     index: Arc<Mutex<Vec<RunSummary>>>,
     accepting: AtomicBool,
+    /// Summaries of other replicas' runs read from the store, by key, with their version.
+    remote: Mutex<HashMap<String, (crate::chaos_store::Etag, RunSummary)>>,
+}
+
+/// How many runs of other replicas `GET /chaos/runs` reads from the store at most.
+const REMOTE_LIST_LIMIT: usize = 200;
+
+fn valid_run_id(id: &str) -> bool {
+    !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// With a fleet: the run's journal and events go to the store every second while it runs (so
+/// any replica can answer for it and stream it), and once more when it has ended; its marker
+/// `fleet/runs/<id>.json` tells the others which replica owns it, for a takeover.
+async fn publish_while_running(store: Arc<dyn crate::chaos_store::ChaosStore>, run: Arc<RunShared>, replica: String) {
+    use crate::chaos_store::Write;
+    let marker = format!("{}{}.json", crate::fleet::RUNS, run.id);
+    let body = serde_json::json!({"run_id": run.id, "replica": replica, "started_at": crate::timestamp()});
+    if let Err(e) = store.put(&marker, body.to_string().into_bytes(), Write::Overwrite).await {
+        tracing::error!(run_id = %run.id, error = %e, "cannot publish the run to the fleet");
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut published = usize::MAX;
+    loop {
+        tick.tick().await;
+        let ended = *run.done.borrow();
+        let (events, _) = run.subscribe();
+        if events.len() != published || ended {
+            let journal = serde_json::to_vec(&run.snapshot()).unwrap_or_default();
+            let list: Vec<Value> =
+                events.iter().map(|e| serde_json::json!({"event": e.name, "data": e.data})).collect();
+            let events_body = serde_json::to_vec(&list).unwrap_or_default();
+            let ok = store.put(&format!("runs/{}.json", run.id), journal, Write::Overwrite).await.is_ok()
+                && store.put(&format!("runs/{}.events.json", run.id), events_body, Write::Overwrite).await.is_ok();
+            if ok {
+                published = events.len();
+            }
+        }
+        if ended {
+            let _ = store.delete(&marker).await;
+            return;
+        }
+    }
 }
 
 impl Runs {
@@ -149,6 +192,7 @@ impl Runs {
             active: Mutex::new(HashMap::new()),
             index,
             accepting: AtomicBool::new(true),
+            remote: Mutex::new(HashMap::new()),
         })
     }
 
@@ -234,6 +278,7 @@ impl Runs {
                 error: None,
                 result: None,
                 truncated: None,
+                replica: self.deps.fleet.shared_store().map(|_| self.deps.fleet.name.clone()),
                 recovered: Vec::new(),
             };
             let run = Arc::new(RunShared::new(report, self.limits));
@@ -256,6 +301,10 @@ impl Runs {
         write_journal(&self.dir, &snapshot);
         run.emit("run_started", serde_json::json!(snapshot.summary()));
         tracing::info!(run_id = %run.id, scenario = ?snapshot.scenario, dry_run = req.dry_run, "run started");
+
+        if let Some(store) = self.deps.fleet.shared_store() {
+            tokio::spawn(publish_while_running(store, run.clone(), self.deps.fleet.name.clone()));
+        }
 
         // The timeout is a stop request like any other.
         let timer_run = run.clone();
@@ -330,6 +379,66 @@ impl Runs {
     /// The newest run, if any.
     pub fn last(&self) -> Option<RunSummary> {
         self.index.lock().unwrap().last().cloned()
+    }
+
+    /// A run's report from here or, with a fleet, from the replica that ran it (through the store).
+    pub async fn report_anywhere(&self, id: &str) -> Result<RunReport, RunError> {
+        match self.report(id) {
+            Err(RunError::NotFound(_)) if valid_run_id(id) => {}
+            other => return other,
+        }
+        let not_found = || RunError::NotFound(format!("no run with id '{id}'"));
+        let store = self.deps.fleet.shared_store().ok_or_else(not_found)?;
+        match store.get(&format!("runs/{id}.json")).await {
+            Ok(Some((bytes, _))) => serde_json::from_slice(&bytes)
+                .map_err(|e| RunError::NotFound(format!("journal of run '{id}' is unreadable: {e}"))),
+            Ok(None) => Err(not_found()),
+            Err(e) => Err(RunError::NotFound(format!("no run '{id}' here, and the chaos store cannot be read: {e}"))),
+        }
+    }
+
+    /// The events a run on another replica has published so far (through the store).
+    pub async fn remote_events(&self, id: &str) -> Option<Vec<report::Event>> {
+        let store = self.deps.fleet.shared_store()?;
+        let (bytes, _) = store.get(&format!("runs/{id}.events.json")).await.ok()??;
+        let list: Vec<Value> = serde_json::from_slice(&bytes).ok()?;
+        Some(
+            list.into_iter()
+                .filter_map(|v| {
+                    let name = report::event_name(v["event"].as_str()?)?;
+                    Some(report::Event { name, data: v["data"].clone() })
+                })
+                .collect(),
+        )
+    }
+
+    /// Every run, newest first: this replica's and, with a fleet, the others' (through the store).
+    pub async fn list_anywhere(&self) -> Vec<RunSummary> {
+        let mut all = self.list();
+        let Some(store) = self.deps.fleet.shared_store() else { return all };
+        let Ok(listed) = store.list("runs/").await else { return all };
+        let known: std::collections::HashSet<String> = all.iter().map(|s| s.run_id.clone()).collect();
+        let mut remote: Vec<&crate::chaos_store::Listed> = listed
+            .iter()
+            .filter(|l| l.key.ends_with(".json") && !l.key.ends_with(".events.json"))
+            .filter(|l| !known.contains(l.key["runs/".len()..].trim_end_matches(".json")))
+            .collect();
+        remote.sort_by(|a, b| b.key.cmp(&a.key));
+        for l in remote.into_iter().take(REMOTE_LIST_LIMIT) {
+            let cached = self.remote.lock().unwrap().get(&l.key).filter(|(e, _)| *e == l.etag).map(|(_, s)| s.clone());
+            let summary = match cached {
+                Some(s) => s,
+                None => {
+                    let Ok(Some((bytes, etag))) = store.get(&l.key).await else { continue };
+                    let Ok(r) = serde_json::from_slice::<RunReport>(&bytes) else { continue };
+                    self.remote.lock().unwrap().insert(l.key.clone(), (etag, r.summary()));
+                    r.summary()
+                }
+            };
+            all.push(summary);
+        }
+        all.sort_by(|a, b| b.run_id.cmp(&a.run_id));
+        all
     }
 
     /// A run's full report, live or from its journal.

@@ -200,6 +200,9 @@ pub struct RunReport {
     /// What the run's [`RunLimits`] dropped; set as soon as anything is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated: Option<Truncated>,
+    /// The replica that ran it, when the run is shared through the fleet's store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     /// Interrupted runs: what the next start undid for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recovered: Vec<Recovered>,
@@ -229,6 +232,23 @@ impl RunReport {
             ended_at: self.ended_at.clone(),
         }
     }
+}
+
+/// The `'static` name of a known event, for events read back from the store.
+pub fn event_name(name: &str) -> Option<&'static str> {
+    const NAMES: [&str; 10] = [
+        "run_started",
+        "step_started",
+        "step_finished",
+        "log",
+        "expect",
+        "measurement",
+        "undo",
+        "run_finished",
+        "lagged",
+        "truncated",
+    ];
+    NAMES.iter().find(|n| **n == name).copied()
 }
 
 /// One Server-Sent Event: `event:` name and JSON `data:`.

@@ -20,6 +20,7 @@ use crate::faults::deploy::{DeployBackend, DeployFaultKind};
 use crate::faults::ledger::{Applied, FaultKind, Undo};
 use crate::faults::network::{BlockSpec, LatencySpec, NetworkBackend};
 use crate::faults::{self, FaultError};
+use crate::fleet::{FleetFault, Selector};
 
 /// Timeout of one `http()` call.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +37,7 @@ pub const API_FUNCTIONS: &[&str] = &[
     "hang",
     "hang_stop",
     "redis_reset",
+    "replicas",
     "network_block",
     "network_clear",
     "network_latency",
@@ -197,6 +199,26 @@ impl Ctx {
         Ok(fault)
     }
 
+    /// Where a fault with these `replicas` goes: `None` for this replica alone (the local
+    /// path), else the replicas picked among the live ones now.
+    fn targets(&self, replicas: Option<&Dynamic>) -> Result<Option<Vec<String>>, String> {
+        let Some(d) = replicas else { return Ok(None) };
+        let v: Value = rhai::serde::from_dynamic(d).map_err(|e| format!("replicas: {e}"))?;
+        let chosen = self.deps.fleet.resolve(&Selector::parse(&v)?)?;
+        Ok((!self.deps.fleet.is_only_me(&chosen)).then_some(chosen))
+    }
+
+    /// Publishes a fault for other replicas (owned by this run, leased like its other faults).
+    fn apply_fleet(&self, kind: FaultKind, mut fault: FleetFault) -> Result<String, String> {
+        let duration = u64::try_from(fault.seconds).ok().filter(|s| *s > 0).map(Duration::from_secs);
+        fault.owner = self.owner.clone();
+        fault.lease_expires_at = crate::faults::ledger::lease(duration, self.lease_cap);
+        let (fleet, ledger) = (self.deps.fleet.clone(), self.deps.ledger.clone());
+        let (_, f) =
+            self.block(async move { fleet.apply_fleet(&ledger, fault, kind).await })?.map_err(|e| e.to_string())?;
+        Ok(f.describe())
+    }
+
     /// One-shot faults (a reset) have nothing to undo, but are refused while halted or in a
     /// rollback like any other.
     fn may_break(&self, function: &str) -> Result<(), String> {
@@ -281,7 +303,7 @@ pub(super) fn build(ctx: &Arc<Ctx>) -> Engine {
 
     // --- load ---
     let c = ctx.clone();
-    e.register_fn("load", move |nc: NativeCallContext, level: ImmutableString, s: Dynamic| -> Fallible<()> {
+    let load_fn = Arc::new(move |nc: NativeCallContext, level: ImmutableString, s: Dynamic| -> Fallible<()> {
         c.step("load", format!("{level}, {s}"), nc.call_position(), || {
             c.may_apply("load")?;
             let secs = int_arg("load(level, seconds): seconds", &s)?;
@@ -303,6 +325,36 @@ pub(super) fn build(ctx: &Arc<Ctx>) -> Engine {
                 })
             })?;
             Ok(((), format!("{level} load for {secs} s")))
+        })
+    });
+    let f = load_fn.clone();
+    e.register_fn("load", move |nc: NativeCallContext, level: ImmutableString, s: Dynamic| f(nc, level, s));
+    // load(#{level, seconds, replicas}): the same load, on other replicas too.
+    let c = ctx.clone();
+    let load2 = load_fn.clone();
+    e.register_fn("load", move |nc: NativeCallContext, opts: Map| -> Fallible<()> {
+        let level = opts.get("level").map_or_else(|| "low".to_string(), |v| v.to_string());
+        let secs = opts.get("seconds").cloned().unwrap_or(Dynamic::from_int(60));
+        if let Some(k) = opts.keys().find(|k| !["level", "seconds", "replicas"].contains(&k.as_str())) {
+            return Err(EvalAltResult::ErrorRuntime(
+                format!("load: unknown option '{k}'; use level, seconds, replicas").into(),
+                nc.call_position(),
+            )
+            .into());
+        }
+        let targets = c
+            .targets(opts.get("replicas"))
+            .map_err(|e| EvalAltResult::ErrorRuntime(format!("load: {e}").into(), nc.call_position()))?;
+        let Some(replicas) = targets else { return load2(nc, level.into(), secs) };
+        c.step("load", format!("{opts:?}"), nc.call_position(), || {
+            c.may_apply("load")?;
+            let secs = int_arg("load: seconds", &secs)?;
+            faults::load::LoadLevel::parse(&level).map_err(|e| e.to_string())?;
+            if c.dry_run {
+                return Ok(((), format!("dry run: not applied ({level} load on {})", replicas.join(", "))));
+            }
+            let fault = FleetFault::new("load", Some(level.clone()), secs, None, replicas);
+            Ok(((), c.apply_fleet(FaultKind::Load, fault)?))
         })
     });
     let c = ctx.clone();
@@ -350,6 +402,33 @@ pub(super) fn build(ctx: &Arc<Ctx>) -> Engine {
     e.register_fn("hang", hang(ctx.clone()));
     let h = hang(ctx.clone());
     e.register_fn("hang", move |nc: NativeCallContext, s: Dynamic| h(nc, s, "app".into()));
+    // hang(#{seconds, scope, replicas}): an app hang on other replicas too.
+    let (c, h) = (ctx.clone(), hang(ctx.clone()));
+    e.register_fn("hang", move |nc: NativeCallContext, opts: Map| -> Fallible<()> {
+        let pos = nc.call_position();
+        let err =
+            |m: String| -> Box<EvalAltResult> { EvalAltResult::ErrorRuntime(format!("hang: {m}").into(), pos).into() };
+        if let Some(k) = opts.keys().find(|k| !["seconds", "scope", "replicas"].contains(&k.as_str())) {
+            return Err(err(format!("unknown option '{k}'; use seconds, scope, replicas")));
+        }
+        let secs = opts.get("seconds").cloned().unwrap_or(Dynamic::from_int(0));
+        let scope = opts.get("scope").map_or_else(|| "app".to_string(), |v| v.to_string());
+        let Some(replicas) = c.targets(opts.get("replicas")).map_err(err)? else { return h(nc, secs, scope.into()) };
+        c.step("hang", format!("{opts:?}"), pos, || {
+            c.may_apply("hang")?;
+            if scope != "app" {
+                return Err(format!(
+                    "scope '{scope}' cannot reach other replicas (a request hang stalls its caller): use scope \"app\""
+                ));
+            }
+            let secs = int_arg("hang: seconds", &secs)?;
+            if c.dry_run {
+                return Ok(((), format!("dry run: not applied (app hang on {})", replicas.join(", "))));
+            }
+            let fault = FleetFault::new("hang", None, secs, Some("app".into()), replicas);
+            Ok(((), c.apply_fleet(FaultKind::Hang, fault)?))
+        })
+    });
     let c = ctx.clone();
     e.register_fn("hang_stop", move |nc: NativeCallContext| -> Fallible<()> {
         c.step("hang_stop", String::new(), nc.call_position(), || {
@@ -373,6 +452,46 @@ pub(super) fn build(ctx: &Arc<Ctx>) -> Engine {
             Ok((report.connections_closed as i64, format!("{} connections closed", report.connections_closed)))
         })
     });
+
+    let c = ctx.clone();
+    e.register_fn("redis_reset", move |nc: NativeCallContext, opts: Map| -> Fallible<Dynamic> {
+        let pos = nc.call_position();
+        if let Some(k) = opts.keys().find(|k| k.as_str() != "replicas") {
+            return Err(EvalAltResult::ErrorRuntime(
+                format!("redis_reset: unknown option '{k}'; use replicas").into(),
+                pos,
+            )
+            .into());
+        }
+        let targets = c
+            .targets(opts.get("replicas"))
+            .map_err(|e| EvalAltResult::ErrorRuntime(format!("redis_reset: {e}").into(), pos))?;
+        c.step("redis_reset", format!("{opts:?}"), pos, || {
+            c.may_break("redis_reset")?;
+            match targets {
+                None => {
+                    if c.dry_run {
+                        return Ok((Dynamic::from_int(0), "dry run: not applied".into()));
+                    }
+                    let r = c.block(faults::redis_reset(c.deps.store.as_ref(), true))?.map_err(|e| e.to_string())?;
+                    Ok((
+                        Dynamic::from_int(r.connections_closed as i64),
+                        format!("{} connections closed", r.connections_closed),
+                    ))
+                }
+                Some(replicas) if c.dry_run => {
+                    Ok((Dynamic::UNIT, format!("dry run: not applied (on {})", replicas.join(", "))))
+                }
+                Some(replicas) => {
+                    let mut fault = FleetFault::new("redis_reset", None, 30, None, replicas);
+                    fault.seconds = 30; // the request is withdrawn at the run's end or after 30 s
+                    Ok((Dynamic::UNIT, c.apply_fleet(FaultKind::RedisReset, fault)?))
+                }
+            }
+        })
+    });
+    let c = ctx.clone();
+    e.register_fn("replicas", move || -> rhai::Array { c.deps.fleet.live().into_iter().map(Dynamic::from).collect() });
 
     // --- network ---
     let block = |c: Arc<Ctx>| {

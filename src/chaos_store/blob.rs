@@ -25,6 +25,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct AzureBlob {
     client: BlobContainerClient,
+    calls: std::sync::atomic::AtomicU64,
     /// The container URL without its query (a SAS is a secret).
     shown: String,
 }
@@ -64,7 +65,7 @@ pub async fn azure_blob(
     let credential = if sas { None } else { credential };
     let client = BlobContainerClient::new(parsed, credential, Some(options))
         .map_err(|e| StoreError::Invalid(format!("CHAOS_STORE_URL {shown}: {e}")))?;
-    let store = AzureBlob { client, shown };
+    let store = AzureBlob { client, shown, calls: Default::default() };
     store.ensure_container().await?;
     Ok(Arc::new(store))
 }
@@ -135,7 +136,12 @@ impl ChaosStore for AzureBlob {
         format!("azure blob {}", self.shown)
     }
 
+    fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Etag)>, StoreError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         check_key(key)?;
         let blob = self.client.blob_client(key);
         let read = bounded(async {
@@ -153,6 +159,7 @@ impl ChaosStore for AzureBlob {
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, write: Write) -> Result<Etag, StoreError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         check_key(key)?;
         let mut options = BlobClientUploadOptions::default();
         match &write {
@@ -171,6 +178,7 @@ impl ChaosStore for AzureBlob {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let options = BlobContainerClientListBlobsOptions { prefix: Some(prefix.to_string()), ..Default::default() };
         let listed = bounded(async {
             let mut pager = self.client.list_blobs(Some(options))?;
@@ -189,6 +197,7 @@ impl ChaosStore for AzureBlob {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         check_key(key)?;
         let blob = self.client.blob_client(key);
         match bounded(blob.delete(Some(BlobClientDeleteOptions::default()))).await {

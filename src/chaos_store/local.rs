@@ -12,12 +12,13 @@ struct LocalDir {
     dir: PathBuf,
     /// Serialises check-and-write, so conditional writes are atomic within this process.
     writing: Mutex<()>,
+    calls: std::sync::atomic::AtomicU64,
 }
 
 /// The store in `dir` (created when missing).
 pub fn local(dir: &Path) -> std::io::Result<Arc<dyn ChaosStore>> {
     std::fs::create_dir_all(dir)?;
-    Ok(Arc::new(LocalDir { dir: dir.to_path_buf(), writing: Mutex::new(()) }))
+    Ok(Arc::new(LocalDir { dir: dir.to_path_buf(), writing: Mutex::new(()), calls: Default::default() }))
 }
 
 impl LocalDir {
@@ -48,7 +49,12 @@ impl ChaosStore for LocalDir {
         format!("local directory {}", self.dir.display())
     }
 
+    fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Etag)>, StoreError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self.path(key)?;
         let _w = self.writing.lock().unwrap();
         let Some(etag) = Self::etag(&path).map_err(io)? else { return Ok(None) };
@@ -60,6 +66,7 @@ impl ChaosStore for LocalDir {
     }
 
     async fn put(&self, key: &str, bytes: Vec<u8>, write: Write) -> Result<Etag, StoreError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self.path(key)?;
         let _w = self.writing.lock().unwrap();
         let current = Self::etag(&path).map_err(io)?;
@@ -87,6 +94,7 @@ impl ChaosStore for LocalDir {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut out = Vec::new();
         let mut stack = vec![self.dir.clone()];
         while let Some(d) = stack.pop() {
@@ -116,6 +124,7 @@ impl ChaosStore for LocalDir {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = self.path(key)?;
         let _w = self.writing.lock().unwrap();
         match std::fs::remove_file(&path) {

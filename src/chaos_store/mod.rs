@@ -34,6 +34,9 @@ pub enum Write {
     IfAbsent,
 }
 
+/// The store as replicas share it: filled once it opens (it may be unreachable at startup).
+pub type SharedStore = Arc<std::sync::OnceLock<Arc<dyn ChaosStore>>>;
+
 /// One key of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
@@ -71,6 +74,8 @@ pub trait ChaosStore: Send + Sync {
     async fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
     /// Removes `key`; `false` when nothing was there.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+    /// Calls made so far (what a fleet pays its storage account for; `bench/fleet.sh` reads it).
+    fn calls(&self) -> u64;
 }
 
 /// Keys are relative paths of plain segments: `runs/<id>.json`, `replicas/<name>.json`.

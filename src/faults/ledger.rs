@@ -63,6 +63,8 @@ pub enum FaultKind {
     NetworkLatency,
     Loadgen,
     Deploy,
+    /// A Redis connection reset for other replicas (one-shot; the entry withdraws the request).
+    RedisReset,
 }
 
 /// Where an entry is in its life.
@@ -91,6 +93,9 @@ pub enum Undo {
     Loadgen { pid: u32, start_ticks: u64 },
     /// A broken revision and the revision to bring back.
     Deploy { fault: DeployFault },
+    /// A fault for other replicas, published in the chaos store under `key`: withdrawing it has
+    /// every target undo its share (`fleet.rs`).
+    Fleet { key: String },
     /// Nothing to undo yet (an apply that has not said what it made).
     Nothing,
 }
@@ -180,6 +185,8 @@ pub struct Ledger {
     faults: Arc<Faults>,
     network: Arc<dyn NetworkBackend>,
     deploy: Option<Arc<dyn DeployBackend>>,
+    /// The fleet's chaos store, for withdrawing fleet faults.
+    shared: crate::chaos_store::SharedStore,
     /// Live loadgen children by entry id (the file has their pid for after a crash).
     loadgens: Mutex<HashMap<String, Arc<Running>>>,
 }
@@ -192,6 +199,7 @@ impl Ledger {
         faults: Arc<Faults>,
         network: Arc<dyn NetworkBackend>,
         deploy: Option<Arc<dyn DeployBackend>>,
+        shared: crate::chaos_store::SharedStore,
     ) -> std::io::Result<Arc<Self>> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("ledger.json");
@@ -213,6 +221,7 @@ impl Ledger {
             faults,
             network,
             deploy,
+            shared,
             loadgens: Mutex::new(HashMap::new()),
         }))
     }
@@ -641,6 +650,13 @@ impl Ledger {
                 } else {
                     format!("loadgen pid {pid} had already exited")
                 })
+            }
+            Undo::Fleet { key } => {
+                let store = self.shared.get().ok_or_else(|| {
+                    "the chaos store is not open (unreachable?): the targets undo their share at its lease".to_string()
+                })?;
+                store.delete(key).await.map_err(|err| err.to_string())?;
+                Ok("withdrawn: every target undoes its share within a second".into())
             }
             Undo::Deploy { fault } => {
                 let deploy = self.deploy.as_ref().ok_or_else(|| {

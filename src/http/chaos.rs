@@ -15,7 +15,8 @@ use super::AppState;
 use super::error::{ApiError, JsonBody};
 use crate::faults::ledger::{Applied, FaultKind, Intent, Undo};
 use crate::faults::network::NetworkFaultKind;
-use crate::faults::{self, hang::HangEnd};
+use crate::faults::{self, FaultError, hang::HangEnd};
+use crate::fleet::{FleetFault, Selector};
 use crate::store::LinkState;
 
 pub fn router() -> Router<AppState> {
@@ -26,6 +27,28 @@ pub fn router() -> Router<AppState> {
         .route("/chaos/status", get(status))
         .route("/chaos/faults", get(list_faults))
         .route("/chaos/faults/{id}", delete(forget_fault))
+}
+
+/// The replicas a body's `replicas` picks; `None` for this replica alone (the original path).
+fn targets(state: &AppState, replicas: &Value) -> Result<Option<Vec<String>>, ApiError> {
+    let sel = Selector::parse(replicas)
+        .map_err(|e| ApiError::Unprocessable(format!("Invalid value for field 'replicas': {e}")))?;
+    let chosen = state.fleet.resolve(&sel).map_err(|e| ApiError::Fault(FaultError::Invalid(e)))?;
+    Ok((!state.fleet.is_only_me(&chosen)).then_some(chosen))
+}
+
+/// Publishes a fault for other replicas, owned by `endpoint`, leased for `duration`.
+async fn apply_fleet(
+    state: &AppState,
+    kind: FaultKind,
+    mut fault: FleetFault,
+    duration: Duration,
+) -> Result<FleetFault, ApiError> {
+    fault.owner = OWNER.into();
+    fault.lease_expires_at =
+        chrono::Utc::now() + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::days(1));
+    let (_, f) = state.fleet.apply_fleet(&state.ledger, fault, kind).await?;
+    Ok(f)
 }
 
 /// The owner of faults applied by these endpoints.
@@ -43,15 +66,32 @@ fn intent(kind: FaultKind, target: String, duration: Duration) -> Intent {
 struct LoadRequest {
     level: String,
     duration_seconds: i64,
+    /// Which replicas: `"self"` (default), `"all"`, a count, a share (`"50%"`) or names.
+    replicas: Value,
 }
 
 impl Default for LoadRequest {
     fn default() -> Self {
-        Self { level: "low".into(), duration_seconds: 60 }
+        Self { level: "low".into(), duration_seconds: 60, replicas: Value::Null }
     }
 }
 
 async fn load(State(state): State<AppState>, JsonBody(req): JsonBody<LoadRequest>) -> Result<Json<Value>, ApiError> {
+    if let Some(replicas) = targets(&state, &req.replicas)? {
+        crate::faults::load::LoadLevel::parse(&req.level)?;
+        if !(1..=crate::faults::load::MAX_LOAD_SECONDS).contains(&req.duration_seconds) {
+            return Err(FaultError::Invalid("Duration must be between 1 and 3600 seconds".into()).into());
+        }
+        let fault = FleetFault::new("load", Some(req.level.clone()), req.duration_seconds, None, replicas);
+        let f = apply_fleet(&state, FaultKind::Load, fault, Duration::from_secs(req.duration_seconds as u64)).await?;
+        return Ok(Json(json!({
+            "status": "load_started",
+            "level": req.level,
+            "duration_seconds": req.duration_seconds,
+            "replicas": f.replicas,
+            "fleet_fault": f.id,
+        })));
+    }
     let faults = state.faults.clone();
     let level = req.level.clone();
     let secs = req.duration_seconds;
@@ -80,15 +120,44 @@ async fn load(State(state): State<AppState>, JsonBody(req): JsonBody<LoadRequest
 struct HangRequest {
     duration_seconds: i64,
     scope: String,
+    /// Which replicas (see [`LoadRequest`]); other replicas take an `app` hang only.
+    replicas: Value,
 }
 
 impl Default for HangRequest {
     fn default() -> Self {
-        Self { duration_seconds: 0, scope: "app".into() }
+        Self { duration_seconds: 0, scope: "app".into(), replicas: Value::Null }
     }
 }
 
 async fn hang(State(state): State<AppState>, JsonBody(req): JsonBody<HangRequest>) -> Result<Json<Value>, ApiError> {
+    if let Some(replicas) = targets(&state, &req.replicas)? {
+        if req.scope != "app" {
+            return Err(FaultError::Invalid(format!(
+                "scope '{}' cannot reach other replicas (a request hang stalls its caller): use scope \"app\"",
+                req.scope
+            ))
+            .into());
+        }
+        if !(0..=faults::hang::MAX_HANG_SECONDS).contains(&req.duration_seconds) {
+            return Err(FaultError::Invalid(format!(
+                "Duration must be between 0 and {} seconds (0 = until restart)",
+                faults::hang::MAX_HANG_SECONDS
+            ))
+            .into());
+        }
+        let fault = FleetFault::new("hang", None, req.duration_seconds, Some("app".into()), replicas);
+        let lease = u64::try_from(req.duration_seconds).ok().filter(|s| *s > 0).map_or(FOREVER, Duration::from_secs);
+        let f = apply_fleet(&state, FaultKind::Hang, fault, lease).await?;
+        // Other replicas hang; this request does not wait for them.
+        return Ok(Json(json!({
+            "status": "hang_started",
+            "scope": "app",
+            "duration_seconds": req.duration_seconds,
+            "replicas": f.replicas,
+            "fleet_fault": f.id,
+        })));
+    }
     let faults = state.faults.clone();
     let (secs, scope) = (req.duration_seconds, req.scope.clone());
     let duration = u64::try_from(secs).ok().filter(|s| *s > 0).map_or(FOREVER, Duration::from_secs);
@@ -120,11 +189,13 @@ async fn hang(State(state): State<AppState>, JsonBody(req): JsonBody<HangRequest
 #[serde(deny_unknown_fields, default)]
 struct ResetRequest {
     force: bool,
+    /// Which replicas (see [`LoadRequest`]).
+    replicas: Value,
 }
 
 impl Default for ResetRequest {
     fn default() -> Self {
-        Self { force: true }
+        Self { force: true, replicas: Value::Null }
     }
 }
 
@@ -133,6 +204,16 @@ async fn redis_reset(
     JsonBody(req): JsonBody<ResetRequest>,
 ) -> Result<Json<Value>, ApiError> {
     state.ledger.check_open()?;
+    if let Some(replicas) = targets(&state, &req.replicas)? {
+        let fault = FleetFault::new("redis_reset", None, 30, None, replicas);
+        let f = apply_fleet(&state, FaultKind::RedisReset, fault, Duration::from_secs(30)).await?;
+        return Ok(Json(json!({
+            "status": "redis_connections_reset",
+            "replicas": f.replicas,
+            "fleet_fault": f.id,
+            "timestamp": crate::timestamp(),
+        })));
+    }
     let report = faults::redis_reset(state.store.as_ref(), req.force).await?;
     Ok(Json(json!({
         "status": "redis_connections_reset",

@@ -137,7 +137,13 @@ impl AppState {
             }
             _ => None,
         };
-        let ledger = Ledger::open(&config.chaos.runs_dir, faults.clone(), network.clone(), deploy.clone())
+        let shared = crate::chaos_store::SharedStore::default();
+        let fleet = crate::fleet::Fleet::new(
+            crate::fleet::replica_name(config.chaos.replica_name.as_deref()),
+            store_url.is_some(),
+            shared.clone(),
+        );
+        let ledger = Ledger::open(&config.chaos.runs_dir, faults.clone(), network.clone(), deploy.clone(), shared)
             .with_context(|| format!("cannot open the fault ledger in RUNS_DIR {}", config.chaos.runs_dir.display()))?;
         // What a crashed predecessor left is undone before anything new can start.
         let recovered = ledger.recover().await;
@@ -146,6 +152,7 @@ impl AppState {
             faults: faults.clone(),
             ledger: ledger.clone(),
             rollback_timeout: config.chaos.rollback_timeout_seconds,
+            fleet: fleet.clone(),
             store: store.clone(),
             network: network.clone(),
             deploy,
@@ -170,20 +177,21 @@ impl AppState {
         )
         .with_context(|| format!("cannot use RUNS_DIR {}", config.chaos.runs_dir.display()))?;
         let runs = Arc::new(runs);
-        let name = crate::fleet::replica_name(config.chaos.replica_name.as_deref());
-        let fleet = match store_url {
-            None => crate::fleet::Fleet::alone(name),
-            Some(url) => {
-                let local =
-                    crate::fleet::Local { runs: runs.clone(), ledger: ledger.clone(), network: network.clone() };
-                let cred = credential.clone();
-                let open = move || {
-                    let (url, cred) = (url.clone(), cred.clone());
-                    async move { crate::chaos_store::azure_blob(&url, cred).await }
-                };
-                crate::fleet::Fleet::join(name, open, local)
-            }
-        };
+        if let Some(url) = store_url {
+            let local = crate::fleet::Local {
+                runs: runs.clone(),
+                ledger: ledger.clone(),
+                network: network.clone(),
+                faults: faults.clone(),
+                redis: store.clone(),
+            };
+            let cred = credential.clone();
+            let open = move || {
+                let (url, cred) = (url.clone(), cred.clone());
+                async move { crate::chaos_store::azure_blob(&url, cred).await }
+            };
+            fleet.start(open, local);
+        }
         let ttl = config.health_cache_ttl_seconds;
         let state = Self {
             config: Arc::new(config),

@@ -130,11 +130,11 @@ async fn start_run(
 }
 
 async fn list_runs(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({"runs": state.runs.list()}))
+    Json(json!({"runs": state.runs.list_anywhere().await}))
 }
 
 async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    Ok(Json(state.runs.report(&id)?).into_response())
+    Ok(Json(state.runs.report_anywhere(&id).await?).into_response())
 }
 
 /// Replays the run's events so far, then streams the rest live until the run ends.
@@ -145,14 +145,54 @@ async fn run_events(
     let stream = match state.runs.active(&id) {
         Some(run) => live_events(run).boxed(),
         None => {
-            // Finished: one event with the whole report.
-            let report = state.runs.report(&id)?;
-            let ev = Event { name: "run_finished", data: json!(report) };
-            stream::iter([ev]).boxed()
+            let report = state.runs.report_anywhere(&id).await?;
+            if report.status == crate::chaos::report::RunStatus::Running {
+                // Running on another replica: follow what it publishes to the store.
+                remote_events(state.clone(), id).boxed()
+            } else {
+                // Finished: one event with the whole report.
+                let ev = Event { name: "run_finished", data: json!(report) };
+                stream::iter([ev]).boxed()
+            }
         }
     };
     Ok(Sse::new(stream.map(|e| Ok(SseEvent::default().event(e.name).data(e.data.to_string()))))
         .keep_alive(KeepAlive::default()))
+}
+
+/// The events of a run on another replica, polled from the store every half second until it
+/// has finished (or stopped publishing: its replica died and another took it over).
+fn remote_events(state: AppState, id: String) -> impl Stream<Item = Event> {
+    stream::unfold(
+        (state, id, 0usize, false, std::collections::VecDeque::new()),
+        |(state, id, mut sent, mut done, mut queue)| async move {
+            loop {
+                if let Some(e) = queue.pop_front() {
+                    return Some((e, (state, id, sent, done, queue)));
+                }
+                if done {
+                    return None;
+                }
+                let events = state.runs.remote_events(&id).await.unwrap_or_default();
+                for e in events.into_iter().skip(sent) {
+                    sent += 1;
+                    done |= e.name == "run_finished";
+                    queue.push_back(e);
+                }
+                if queue.is_empty() {
+                    // Taken over (interrupted) or ended without a final publish: end with the report.
+                    if let Ok(r) = state.runs.report_anywhere(&id).await
+                        && r.status != crate::chaos::report::RunStatus::Running
+                    {
+                        done = true;
+                        queue.push_back(Event { name: "run_finished", data: json!(r) });
+                        continue;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        },
+    )
 }
 
 fn live_events(run: std::sync::Arc<RunShared>) -> impl Stream<Item = Event> {
