@@ -48,6 +48,8 @@ pub const FAIL_SAFE_AFTER: Duration = Duration::from_secs(10);
 const HALT_KEY: &str = "fleet/halt.json";
 const REPLICAS: &str = "fleet/replicas/";
 const FAULTS: &str = "fleet/faults/";
+/// `fleet/ledgers/<name>.json`: a replica's fault ledger, mirrored when it changes (for takeover).
+const LEDGERS: &str = "fleet/ledgers/";
 /// `fleet/runs/<id>.json`: a run in progress and the replica that owns it (for takeover).
 pub const RUNS: &str = "fleet/runs/";
 
@@ -82,6 +84,8 @@ struct View {
     markers: HashMap<String, (Etag, Value)>,
     /// Since when the store has not answered (for the fail-safe).
     unreachable_since: Option<Instant>,
+    /// The ledger version last mirrored to the store.
+    mirrored: Option<u64>,
 }
 
 /// What the fleet needs to run the kill switch on this replica.
@@ -147,6 +151,22 @@ impl Fleet {
         self.store.get()
     }
 
+    /// With a fleet, runs and fleet faults need the store: `Err` (saying why) while it cannot be
+    /// reached, so nothing starts that other replicas could not see or undo.
+    pub fn check_reachable(&self) -> Result<(), String> {
+        if !self.shared {
+            return Ok(());
+        }
+        let view = self.view.lock().unwrap();
+        match (self.store.get(), &view.error) {
+            (Some(_), None) => Ok(()),
+            (_, Some(e)) => Err(format!(
+                "the chaos store is unreachable ({e}): runs and fleet faults wait until it answers (CHAOS_STORE_URL)"
+            )),
+            (None, None) => Err("the chaos store is not open yet: retry in a few seconds".into()),
+        }
+    }
+
     /// The fleet's store, once open (`None` for a lone replica).
     pub fn shared_store(&self) -> Option<Arc<dyn ChaosStore>> {
         self.store.get().cloned()
@@ -162,6 +182,35 @@ impl Fleet {
             return;
         }
         let live = self.live();
+        // Faults of dead replicas that outlive a process (NSG rules, revisions, fleet faults).
+        for l in listed.iter().filter(|l| l.key.starts_with(LEDGERS)) {
+            let dead = l.key[LEDGERS.len()..].trim_end_matches(".json").to_string();
+            if dead == self.name || live.contains(&dead) {
+                continue;
+            }
+            let cached = self.view.lock().unwrap().markers.get(&l.key).filter(|(e, _)| *e == l.etag).cloned();
+            let (etag, mirror) = match cached {
+                Some(c) => c,
+                None => {
+                    let Ok(Some((bytes, etag))) = store.get(&l.key).await else { continue };
+                    let Ok(v) = serde_json::from_slice::<Value>(&bytes) else { continue };
+                    self.view.lock().unwrap().markers.insert(l.key.clone(), (etag.clone(), v.clone()));
+                    (etag, v)
+                }
+            };
+            let entries: Vec<crate::faults::ledger::Entry> =
+                serde_json::from_value(mirror["entries"].clone()).unwrap_or_default();
+            if entries.is_empty() || mirror["taken_by"].is_string() {
+                continue;
+            }
+            let claim = json!({"replica": dead, "entries": [], "taken_by": self.name});
+            if store.put(&l.key, claim.to_string().into_bytes(), Write::IfMatch(etag)).await.is_err() {
+                continue; // another replica took it
+            }
+            let Some(local) = self.local.get() else { continue };
+            let outcomes = local.ledger.adopt(entries, &dead).await;
+            tracing::warn!(dead = %dead, undone = outcomes.iter().filter(|o| o.ok).count(), failed = outcomes.iter().filter(|o| !o.ok).count(), "took over the faults of a replica that stopped answering");
+        }
         for l in listed.iter().filter(|l| l.key.starts_with(RUNS)) {
             let cached = self.view.lock().unwrap().markers.get(&l.key).filter(|(e, _)| *e == l.etag).cloned();
             let (etag, mut marker) = match cached {
@@ -421,6 +470,18 @@ impl Fleet {
             store.put(&format!("{REPLICAS}{}.json", self.name), body.to_string().into_bytes(), Write::Overwrite).await
         {
             self.failed(&e);
+        }
+        // The ledger, when it moved: what another replica undoes if this one dies.
+        let version = local.ledger.version();
+        if self.view.lock().unwrap().mirrored != Some(version) {
+            let mirror = json!({"replica": self.name, "entries": local.ledger.list()});
+            match store
+                .put(&format!("{LEDGERS}{}.json", self.name), mirror.to_string().into_bytes(), Write::Overwrite)
+                .await
+            {
+                Ok(_) => self.view.lock().unwrap().mirrored = Some(version),
+                Err(e) => self.failed(&e),
+            }
         }
     }
 

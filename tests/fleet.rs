@@ -96,6 +96,9 @@ async fn a_store_down_at_startup_leaves_the_app_serving_and_says_so() {
     let s = status(&r).await;
     assert!(said, "status does not say the store is down: {s}");
     assert!(!s["fleet"]["error"].as_str().unwrap().contains("sig="), "{s}");
+    let (code, body) = post(&r.url("/chaos/run"), r#"{"script": "sleep(0.1);"}"#).await;
+    assert_eq!(code, 503, "runs wait for the store: {body}");
+    assert_envelope(&body, "Service Unavailable", "chaos store is unreachable");
 
     // It joins once the store is back.
     azurite.restart();
@@ -282,4 +285,49 @@ async fn the_store_going_down_mid_run_leaves_nothing_applied() {
         assert!(off, "a load stayed on with the store down: {}", status(r).await);
         assert!(status(r).await["fleet"]["error"].is_string(), "{}", status(r).await);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replicas_nsg_rule_is_removed_by_another_replica() {
+    use common::fake_azure::FakeAzure;
+    let fake = FakeAzure::shared();
+    let (sub, client, rg, nsg_name) = ("sub-fleet", "client-fleet", "rg-chaos", "nsg-redis-pe");
+    let nsg = FakeAzure::nsg_path(sub, rg, nsg_name);
+    let azurite = Azurite::start();
+    let url = azurite.container_url("fleet-nsg");
+    let mut fleet = Vec::new();
+    for name in ["r1", "r2"] {
+        let mut env: Vec<(String, String)> = [
+            ("REPLICA_NAME", name),
+            ("CHAOS_STORE_URL", url.as_str()),
+            ("AZURE_SUBSCRIPTION_ID", sub),
+            ("AZURE_RESOURCE_GROUP", rg),
+            ("AZURE_NSG_NAME", nsg_name),
+            ("AZURE_CLIENT_ID", client),
+            ("AZURE_RESOURCE_MANAGER_ENDPOINT", fake.base.as_str()),
+            ("NETWORK_FAULT_BACKEND", "azure"),
+            ("REDIS_ENABLED", "false"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.extend(fake.child_env().into_iter().map(|(k, v)| (k.to_string(), v)));
+        fleet.push(ServiceProcess::start(&temp_dir(&format!("fleet-nsg-{name}")), &env).await);
+    }
+    assert!(eventually(Duration::from_secs(10), || async { replicas(&fleet[1]).await.len() == 2 }).await);
+    start_run_at(&fleet[0].url, json!({"script": "network_block();\nsleep(600);"})).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async { !fake.rule_names(&nsg).is_empty() }).await,
+        "no rule was written"
+    );
+    // Its ledger reaches the store with the next heartbeat.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fleet[0].kill9();
+    let killed = Instant::now();
+    let gone = eventually(Duration::from_secs(30), || async { fake.rule_names(&nsg).is_empty() }).await;
+    assert!(gone, "the dead replica's rule is still there: {:?}", fake.rule_names(&nsg));
+    eprintln!(
+        "kill -9 of r1 → its NSG rule deleted by r2 after {:.1} s (its expiry was an hour away)",
+        killed.elapsed().as_secs_f64()
+    );
 }

@@ -44,6 +44,9 @@ pub enum RunError {
     /// The kill switch's latch is set.
     #[error("{0}")]
     Halted(String),
+    /// The fleet's chaos store cannot be reached.
+    #[error("{0}")]
+    StoreDown(String),
 }
 
 /// What to run.
@@ -247,6 +250,7 @@ impl Runs {
             // Checked under the lock the kill switch collects runs with: a run either starts
             // before the halt (and is cancelled by it) or is refused.
             self.deps.ledger.check_open().map_err(|e| RunError::Halted(e.to_string()))?;
+            self.deps.fleet.check_reachable().map_err(RunError::StoreDown)?;
             // A run whose report already says it ended is only writing its journal: it does not
             // hold a slot (a client that saw it end may start the next one at once).
             let ids: Vec<&String> =

@@ -325,6 +325,36 @@ impl Ledger {
         self.inner.lock().unwrap().halt.clone()
     }
 
+    /// Bumped on every change (the fleet mirrors the ledger when it moves).
+    pub fn version(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
+    /// Takes over entries of a replica that died (read from its mirror in the fleet's store) and
+    /// undoes them here: NSG rules by name, revisions, fleet faults. Its in-process faults and
+    /// loadgen children died with it (another machine's pids mean nothing here) and are skipped.
+    pub async fn adopt(self: &Arc<Self>, entries: Vec<Entry>, from: &str) -> Vec<Outcome> {
+        let ids: Vec<String> = {
+            let mut inner = self.inner.lock().unwrap();
+            let mut ids = Vec::new();
+            for mut e in entries {
+                let durable = matches!(&e.undo, Undo::Network { backend, .. } if backend == "azure")
+                    || matches!(e.undo, Undo::Deploy { .. } | Undo::Fleet { .. });
+                if !durable || e.state == EntryState::Undone || inner.entries.iter().any(|x| x.id == e.id) {
+                    continue;
+                }
+                e.owner = format!("{} (taken over from replica {from})", e.owner);
+                e.state = EntryState::Active;
+                ids.push(e.id.clone());
+                inner.entries.push(e);
+            }
+            self.persist(&inner, true);
+            ids
+        };
+        self.bump();
+        futures::future::join_all(ids.iter().map(|id| self.undo(id))).await.into_iter().flatten().collect()
+    }
+
     /// Entries not yet undone, oldest first.
     pub fn list(&self) -> Vec<Entry> {
         self.inner.lock().unwrap().entries.iter().filter(|e| e.state != EntryState::Undone).cloned().collect()

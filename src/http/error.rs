@@ -61,7 +61,7 @@ impl ApiError {
             Self::Run(RunError::NotFound(_)) => StatusCode::NOT_FOUND,
             Self::Run(RunError::Busy(_)) => StatusCode::CONFLICT,
             Self::Run(RunError::Halted(_)) => StatusCode::LOCKED,
-            Self::Run(RunError::ShuttingDown) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Run(RunError::ShuttingDown | RunError::StoreDown(_)) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
         }
