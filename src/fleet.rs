@@ -44,6 +44,9 @@ pub const LIVE_FOR: Duration = Duration::from_secs(10);
 /// A replica that cannot read the store this long undoes its shares of fleet faults: their
 /// owners could not withdraw them, so it fails safe rather than keep them until their leases.
 pub const FAIL_SAFE_AFTER: Duration = Duration::from_secs(10);
+/// How often another replica's heartbeat is read for its fault count (status only; kept rare so
+/// a fleet of three stays under two storage calls per replica per second).
+const COUNTS_EVERY: Duration = Duration::from_secs(10);
 
 const HALT_KEY: &str = "fleet/halt.json";
 const REPLICAS: &str = "fleet/replicas/";
@@ -80,6 +83,8 @@ struct View {
     applied: HashMap<String, Option<String>>,
     /// When this replica first read the fleet (liveness means nothing before LIVE_FOR has passed).
     since: Option<Instant>,
+    /// Other replicas' fault counts from their heartbeats, read at most every [`COUNTS_EVERY`].
+    counts: HashMap<String, (u64, Instant)>,
     /// Run markers read, by key, with the version read (re-read only when it changes).
     markers: HashMap<String, (Etag, Value)>,
     /// Since when the store has not answered (for the fail-safe).
@@ -529,6 +534,26 @@ impl Fleet {
                 }
             }
         }
+        // Other replicas' fault counts, for the status.
+        let due: Vec<(String, String)> = {
+            let view = self.view.lock().unwrap();
+            listed
+                .iter()
+                .filter(|l| l.key.starts_with(REPLICAS))
+                .map(|l| (l.key.clone(), l.key[REPLICAS.len()..].trim_end_matches(".json").to_string()))
+                .filter(|(_, n)| {
+                    *n != self.name && view.counts.get(n).is_none_or(|(_, at)| at.elapsed() >= COUNTS_EVERY)
+                })
+                .collect()
+        };
+        for (key, name) in due {
+            if let Ok(Some((bytes, _))) = store.get(&key).await
+                && let Ok(beat) = serde_json::from_slice::<Value>(&bytes)
+            {
+                let n = beat["faults"].as_u64().unwrap_or(0);
+                self.view.lock().unwrap().counts.insert(name, (n, Instant::now()));
+            }
+        }
         let acted = self.view.lock().unwrap().halt.clone();
         match (halt, acted) {
             (Some(etag), acted) if acted.as_ref() != Some(&etag) => {
@@ -594,16 +619,18 @@ impl Fleet {
             let store = if self.shared { json!("not open yet") } else { Value::Null };
             return json!({"store": store, "replica": self.name, "replicas": me, "error": view.error});
         };
-        // This replica's own fault count; the others' are in their heartbeats, not read here
-        // (it would double the storage calls).
-        let mine = self.local.get().map(|l| l.ledger.list().len());
+        // This replica's own fault count, and the others' from their last heartbeat read.
+        let mine = self.local.get().map(|l| l.ledger.list().len() as u64);
         let mut replicas: Vec<Value> = view
             .seen
             .iter()
             .filter(|(_, (_, at, _))| at.elapsed() < LIVE_FOR)
             .map(|(name, (_, _, seen))| {
                 let me = *name == self.name;
-                json!({"name": name, "self": me, "last_seen": crate::format_timestamp(*seen), "faults": if me { json!(mine) } else { Value::Null }})
+                {
+                    let faults = if me { mine } else { view.counts.get(name).map(|(n, _)| *n) };
+                    json!({"name": name, "self": me, "last_seen": crate::format_timestamp(*seen), "faults": faults})
+                }
             })
             .collect();
         replicas.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));

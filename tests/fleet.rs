@@ -138,6 +138,13 @@ async fn faults_reach_the_replicas_a_run_picks_and_leave_with_the_run() {
         "took {:?}",
         started.elapsed()
     );
+    // r1's status shows r3's share (from r3's heartbeat, read every 10 s).
+    let counted = eventually(Duration::from_secs(15), || async {
+        let s = status(r1).await;
+        s["fleet"]["replicas"].as_array().into_iter().flatten().any(|r| r["name"] == "r3" && r["faults"] == 1)
+    })
+    .await;
+    assert!(counted, "r1 does not show r3's fault: {}", status(r1).await["fleet"]);
     let (code, body) = post(&r1.url(&format!("/chaos/runs/{id}/cancel")), "").await;
     assert_eq!(code, 200, "{body}");
     assert!(
