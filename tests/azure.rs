@@ -8,36 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use common::fake_azure::{ARM_RESOURCE, FakeAzure, IDENTITY_SECRET, REDIS_RESOURCE, Recorded};
+use common::fake_azure::{ARM_RESOURCE, FakeAzure, IDENTITY_SECRET, NSG, REDIS_RESOURCE, RG, Recorded};
 use common::*;
 use serde_json::{Value, json};
-
-const RG: &str = "rg-chaos";
-const NSG: &str = "nsg-redis-pe";
-
-/// Service flags for the azure backend on the fake, as Bicep sets them (by environment) on Azure.
-fn azure_args<'a>(fake: &'a FakeAzure, sub: &'a str, client: &'a str) -> Vec<&'a str> {
-    vec![
-        "--azure-subscription-id",
-        sub,
-        "--azure-resource-group",
-        RG,
-        "--azure-nsg-name",
-        NSG,
-        "--azure-client-id",
-        client,
-        "--azure-resource-manager-endpoint",
-        fake.base.as_str(),
-        "--network-fault-backend",
-        "azure",
-    ]
-}
-
-async fn azure_service(fake: &FakeAzure, sub: &str, client: &str, extra: &[&str]) -> TestService {
-    let mut args = azure_args(fake, sub, client);
-    args.extend_from_slice(extra);
-    TestService::start(free_port(), &args).await
-}
 
 /// Runs the `chaos-lab` binary with only the given environment (plus the fake's); returns the
 /// exit code, stdout and stderr.

@@ -298,27 +298,14 @@ async fn the_store_going_down_mid_run_leaves_nothing_applied() {
 async fn a_dead_replicas_nsg_rule_is_removed_by_another_replica() {
     use common::fake_azure::FakeAzure;
     let fake = FakeAzure::shared();
-    let (sub, client, rg, nsg_name) = ("sub-fleet", "client-fleet", "rg-chaos", "nsg-redis-pe");
-    let nsg = FakeAzure::nsg_path(sub, rg, nsg_name);
+    let (sub, client) = ("sub-fleet", "client-fleet");
+    let nsg = FakeAzure::nsg_path(sub, common::fake_azure::RG, common::fake_azure::NSG);
     let azurite = Azurite::start();
     let url = azurite.container_url("fleet-nsg");
     let mut fleet = Vec::new();
     for name in ["r1", "r2"] {
-        let mut env: Vec<(String, String)> = [
-            ("REPLICA_NAME", name),
-            ("CHAOS_STORE_URL", url.as_str()),
-            ("AZURE_SUBSCRIPTION_ID", sub),
-            ("AZURE_RESOURCE_GROUP", rg),
-            ("AZURE_NSG_NAME", nsg_name),
-            ("AZURE_CLIENT_ID", client),
-            ("AZURE_RESOURCE_MANAGER_ENDPOINT", fake.base.as_str()),
-            ("NETWORK_FAULT_BACKEND", "azure"),
-            ("REDIS_ENABLED", "false"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        env.extend(fake.child_env().into_iter().map(|(k, v)| (k.to_string(), v)));
+        let mut env = fake.service_env(sub, client);
+        env.extend([("REPLICA_NAME".to_string(), name.to_string()), ("CHAOS_STORE_URL".to_string(), url.clone())]);
         fleet.push(ServiceProcess::start(&temp_dir(&format!("fleet-nsg-{name}")), &env).await);
     }
     assert!(eventually(Duration::from_secs(10), || async { replicas(&fleet[1]).await.len() == 2 }).await);

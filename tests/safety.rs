@@ -11,12 +11,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::fake_azure::FakeAzure;
+use common::fake_azure::{FakeAzure, NSG, RG};
 use common::*;
 use serde_json::{Value, json};
-
-const RG: &str = "rg-chaos";
-const NSG: &str = "nsg-redis-pe";
 
 /// A loadgen child that would run for ten minutes (the sustained profile at full time scale)
 /// with a handful of users.
@@ -426,47 +423,6 @@ async fn row7_runs_started_during_the_kill_switch_are_cancelled_and_chaos_stays_
 
 // --- row 9 -------------------------------------------------------------------------------------
 
-async fn azure_service(fake: &FakeAzure, sub: &str, client: &str, extra: &[&str]) -> TestService {
-    let mut args = vec![
-        "--azure-subscription-id",
-        sub,
-        "--azure-resource-group",
-        RG,
-        "--azure-nsg-name",
-        NSG,
-        "--azure-client-id",
-        client,
-        "--azure-resource-manager-endpoint",
-        fake.base.as_str(),
-        "--network-fault-backend",
-        "azure",
-        "--redis-enabled",
-        "false",
-    ];
-    args.extend_from_slice(extra);
-    TestService::start(free_port(), &args).await
-}
-
-/// The environment of a `chaos-lab` process on the azure backend against the fake, with deploy
-/// faults on the fake's `chaos-app`.
-fn azure_env(fake: &FakeAzure, sub: &str, client: &str) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = [
-        ("AZURE_SUBSCRIPTION_ID", sub),
-        ("AZURE_RESOURCE_GROUP", RG),
-        ("AZURE_NSG_NAME", NSG),
-        ("AZURE_CLIENT_ID", client),
-        ("AZURE_RESOURCE_MANAGER_ENDPOINT", fake.base.as_str()),
-        ("NETWORK_FAULT_BACKEND", "azure"),
-        ("SERVICE_APP_NAME", "chaos-app"),
-        ("REDIS_ENABLED", "false"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    env.extend(fake.child_env().into_iter().map(|(k, v)| (k.to_string(), v)));
-    env
-}
-
 fn app_template() -> Value {
     json!({"revisionSuffix": null, "scale": {"minReplicas": 1, "maxReplicas": 2}, "containers": [{
         "name": "chaos-lab", "image": "acr.example.io/chaos-lab:1",
@@ -487,7 +443,7 @@ async fn row9_cancel_while_the_nsg_put_is_in_flight_removes_the_rule() {
     // The PUT's operation status fails twice (the poll retries after 0.5 s and 1 s), then says
     // InProgress once (2 s more): the apply stays in flight for about 3.5 s after the PUT.
     fake.fail_next(sub, "GET", "/operations/", 500, "InternalServerError", "busy", 2);
-    let svc = azure_service(fake, sub, client, &[]).await;
+    let svc = azure_service(fake, sub, client, &["--redis-enabled", "false"]).await;
     let world = svc.world(false).with_azure(Some(nsg.clone()), None);
 
     let id = start_run(&svc, json!({"script": "network_block();\nsleep(600);"})).await;
@@ -523,7 +479,7 @@ async fn row9_kill_switch_during_the_put_removes_its_rule_and_unknown_chaos_rule
     fake.add_rule(&nsg, "allow-bastion", 200, "platform rule");
     fake.add_rule(&nsg, "chaos-block-stray", 150, "chaos-lab run=gone expires=2999-01-01T00:00:00Z");
     fake.fail_next(sub, "GET", "/operations/", 500, "InternalServerError", "busy", 2);
-    let svc = azure_service(fake, sub, client, &[]).await;
+    let svc = azure_service(fake, sub, client, &["--redis-enabled", "false"]).await;
     let world = svc.world(false).with_azure(Some(nsg.clone()), None);
 
     let id = start_run(&svc, json!({"script": "network_block();\nsleep(600);"})).await;
@@ -560,7 +516,7 @@ async fn row9_kill_9_with_a_rule_and_a_broken_revision_then_restart_recovers_bot
     let app = FakeAzure::app_path(sub, RG, "chaos-app");
     fake.add_app(&app, "chaos-app", app_template());
     let runs = temp_dir("safety-azure-kill9");
-    let mut svc = ServiceProcess::start(&runs, &azure_env(fake, sub, client)).await;
+    let mut svc = ServiceProcess::start(&runs, &fake.service_env(sub, client)).await;
 
     let id = start_run_at(&svc.url, json!({"script": "network_block();\ndeploy_fault(\"wrong-image\");\nsleep(600);"}))
         .await;
@@ -598,7 +554,7 @@ async fn row9_a_failed_undo_stays_in_the_ledger_until_an_operator_forgets_it() {
     let nsg = FakeAzure::nsg_path(sub, RG, NSG);
     let denied = "The client does not have authorization to perform action securityRules/delete";
     fake.fail_next(sub, "DELETE", "/securityRules/chaos-", 403, "AuthorizationFailed", denied, 10_000);
-    let svc = azure_service(fake, sub, client, &[]).await;
+    let svc = azure_service(fake, sub, client, &["--redis-enabled", "false"]).await;
 
     let r = run_and_wait(&svc, json!({"script": "network_block(#{seconds: 300});"})).await;
     assert_eq!(r["status"], "failed", "an undo failed: {r:#}");

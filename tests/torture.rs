@@ -13,12 +13,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::fake_azure::FakeAzure;
+use common::fake_azure::{FakeAzure, NSG, RG};
 use common::*;
 use serde_json::{Value, json};
-
-const RG: &str = "rg-chaos";
-const NSG: &str = "nsg-redis-pe";
 
 /// How a trial ends its run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -372,21 +369,8 @@ async fn nsg_rules_and_broken_revisions_are_undone_however_the_run_is_interrupte
     let app = FakeAzure::app_path(sub, RG, "chaos-app");
     fake.add_app(&app, "chaos-app", app_template());
     let runs = temp_dir("torture-azure");
-    let mut env: Vec<(String, String)> = [
-        ("AZURE_SUBSCRIPTION_ID", sub),
-        ("AZURE_RESOURCE_GROUP", RG),
-        ("AZURE_NSG_NAME", NSG),
-        ("AZURE_CLIENT_ID", client),
-        ("AZURE_RESOURCE_MANAGER_ENDPOINT", fake.base.as_str()),
-        ("NETWORK_FAULT_BACKEND", "azure"),
-        ("SERVICE_APP_NAME", "chaos-app"),
-        ("REDIS_ENABLED", "false"),
-        ("ROLLBACK_TIMEOUT_SECONDS", "1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    env.extend(fake.child_env().into_iter().map(|(k, v)| (k.to_string(), v)));
+    let mut env = fake.service_env(sub, client);
+    env.push(("ROLLBACK_TIMEOUT_SECONDS".into(), "1".into()));
     let mut svc = ServiceProcess::start(&runs, &env).await;
     let world = |s: &ServiceProcess| s.world(false).with_azure(Some(nsg.clone()), Some(app.clone()));
     torture("azure backend, fake ARM", Backend::Azure, env_number("TORTURE_AZURE_TRIALS", 7), &mut svc, &world).await;

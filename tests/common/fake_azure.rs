@@ -16,6 +16,10 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+/// The resource group and NSG the tests' services are told about.
+pub const RG: &str = "rg-chaos";
+pub const NSG: &str = "nsg-redis-pe";
+
 /// The secret Container Apps puts in `IDENTITY_HEADER`.
 pub const IDENTITY_SECRET: &str = "fake-identity-header-secret";
 pub const ARM_RESOURCE: &str = "https://management.azure.com";
@@ -101,6 +105,44 @@ impl FakeAzure {
     }
 
     /// Environment for a `chaos-lab` child process that talks to this fake.
+    /// Flags of an in-process service on the azure backend against this fake, as Bicep sets them
+    /// (by environment) on Azure.
+    pub fn service_args<'a>(&'a self, sub: &'a str, client: &'a str) -> Vec<&'a str> {
+        vec![
+            "--azure-subscription-id",
+            sub,
+            "--azure-resource-group",
+            RG,
+            "--azure-nsg-name",
+            NSG,
+            "--azure-client-id",
+            client,
+            "--azure-resource-manager-endpoint",
+            self.base.as_str(),
+            "--network-fault-backend",
+            "azure",
+        ]
+    }
+
+    /// The environment of a `chaos-lab` process on the azure backend against this fake, with
+    /// deploy faults on the fake's `chaos-app` and Redis off.
+    pub fn service_env(&self, sub: &str, client: &str) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("AZURE_SUBSCRIPTION_ID", sub),
+            ("AZURE_RESOURCE_GROUP", RG),
+            ("AZURE_NSG_NAME", NSG),
+            ("AZURE_CLIENT_ID", client),
+            ("NETWORK_FAULT_BACKEND", "azure"),
+            ("SERVICE_APP_NAME", "chaos-app"),
+            ("REDIS_ENABLED", "false"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.extend(self.child_env().into_iter().map(|(k, v)| (k.to_string(), v)));
+        env
+    }
+
     pub fn child_env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("IDENTITY_ENDPOINT", self.identity_endpoint()),

@@ -759,3 +759,11 @@ impl Drop for ServiceProcess {
 }
 
 pub mod azurite;
+
+/// The service in-process on the azure backend against `fake` (see [`fake_azure::FakeAzure::service_args`]),
+/// with `extra` flags.
+pub async fn azure_service(fake: &fake_azure::FakeAzure, sub: &str, client: &str, extra: &[&str]) -> TestService {
+    let mut args = fake.service_args(sub, client);
+    args.extend_from_slice(extra);
+    TestService::start(free_port(), &args).await
+}
