@@ -57,6 +57,17 @@ find_bin() {
     [[ -x $BIN ]] || die "no executable at $BIN"
 }
 
+# find_loadgen ROOT: set LOADGEN_BIN to $LOADGEN_BIN, else `cargo build --release --bin loadgen`
+# in ROOT and use the release binary; die unless it is executable.
+find_loadgen() {
+    local root=$1
+    if [[ -z ${LOADGEN_BIN:-} ]]; then
+        (cd "$root" && cargo build --release --bin loadgen)
+        LOADGEN_BIN=${CARGO_TARGET_DIR:-$root/target}/release/loadgen
+    fi
+    [[ -x $LOADGEN_BIN ]] || die "no executable at $LOADGEN_BIN"
+}
+
 # free_port: print a loopback port nobody answers on.
 free_port() {
     local p

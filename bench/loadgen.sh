@@ -28,10 +28,7 @@ RATES=${RATES:-5000 20000}
 
 need_tools nginx wrk
 [[ -x /usr/bin/time ]] || need_tools time
-if [[ -z ${LOADGEN_BIN:-} ]]; then
-    (cd "$ROOT" && cargo build --release --bin loadgen)
-    LOADGEN_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/loadgen
-fi
+find_loadgen "$ROOT"
 PY=$ROOT/target/py
 if [[ ! -x $PY/bin/locust ]]; then
     python3 -m venv "$PY"

@@ -65,11 +65,7 @@ RANDOM=$SEED
 # --- tools and binaries ------------------------------------------------------------------------
 need_tools redis-server redis-cli curl jq
 find_bin "$ROOT"
-if [[ -z ${LOADGEN_BIN:-} ]]; then
-    (cd "$ROOT" && cargo build --release --bin loadgen)
-    LOADGEN_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/loadgen
-fi
-[[ -x $LOADGEN_BIN ]] || die "no executable at $LOADGEN_BIN"
+find_loadgen "$ROOT"
 
 # --- helpers -----------------------------------------------------------------------------------
 # svc_up: start the service (lib.sh's start_service) on RUNS_DIR; sets SVC_PID and URL.

@@ -33,8 +33,10 @@ pub enum Command {
         #[arg(required = true, value_name = "FILE.rhai")]
         files: Vec<PathBuf>,
     },
-    /// Submit a script to a running chaos-lab and stream its steps until it ends. Exits 0 when
-    /// the run succeeded, 1 when it failed, was cancelled or timed out, 2 when it could not start.
+    /// Submit a script to a running chaos-lab and stream its steps until it ends, then print its
+    /// impact (time to detect, time to recover, requests, failures, error budget). Exits 0 when
+    /// the run succeeded, 1 when it failed, was aborted by a guard, was cancelled or timed out, 2
+    /// when it could not start.
     /// Ctrl-C cancels the run (its faults are undone) and keeps streaming until it has ended.
     Run {
         /// The .rhai script to run.
@@ -55,6 +57,13 @@ pub enum Command {
         /// Apply nothing: faults are recorded, not applied.
         #[arg(long)]
         dry_run: bool,
+        /// Hold the run to a guard, as JSON: '{"error_rate_pct": 5, "window_s": 10}' (repeatable;
+        /// the same options as guard() in a script)
+        #[arg(long = "guard", value_name = "JSON")]
+        guards: Vec<String>,
+        /// When the run has ended, write its HTML report (timeline, tables) to FILE
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
     /// Block, unblock and list Redis network failures: deny rules in the NSG of the Redis
     /// private endpoint (Azure). Reads AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP,
@@ -173,8 +182,9 @@ pub async fn main(cmd: Command) -> i32 {
             Ok(2)
         }
         Command::Check { files } => Ok(check(&files)),
-        Command::Run { file, url, params, token, timeout_seconds, dry_run } => {
-            run(file, url, params, token, timeout_seconds, dry_run).await
+        Command::Run { file, url, params, token, timeout_seconds, dry_run, guards, report } => {
+            let opts = RunOptions { params, token, timeout_seconds, dry_run, guards, report };
+            run(file, url, opts).await
         }
         Command::Network { action } => network(action).await,
         Command::DeployFault { kind, target } => deploy_fault(kind, target).await,
@@ -204,7 +214,7 @@ pub fn check(files: &[PathBuf]) -> i32 {
             problems += 1;
         };
         match catalog::parse_header(&source) {
-            Ok((None, _)) => report(Some(1), Some(1), "header has no '//! description: …' line"),
+            Ok(h) if h.description.is_none() => report(Some(1), Some(1), "header has no '//! description: …' line"),
             Ok(_) => {}
             Err(e) => report(e.line, e.column, &e.message),
         }
@@ -257,15 +267,24 @@ fn unknown_functions(ast: &rhai::AST) -> Vec<(String, rhai::Position)> {
     unknown
 }
 
-async fn run(
-    file: PathBuf,
-    url: String,
+/// `chaos-lab run`'s options besides the file and the URL.
+struct RunOptions {
     params: Vec<String>,
     token: Option<String>,
     timeout_seconds: Option<u64>,
     dry_run: bool,
-) -> anyhow::Result<i32> {
+    guards: Vec<String>,
+    report: Option<PathBuf>,
+}
+
+async fn run(file: PathBuf, url: String, opts: RunOptions) -> anyhow::Result<i32> {
+    let RunOptions { params, token, timeout_seconds, dry_run, guards, report: report_file } = opts;
     let script = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
+    let guards: Vec<Value> = guards
+        .iter()
+        .enumerate()
+        .map(|(i, g)| serde_json::from_str(g).with_context(|| format!("--guard #{} is not JSON: {g}", i + 1)))
+        .collect::<anyhow::Result<_>>()?;
     let mut p = serde_json::Map::new();
     for kv in params {
         let Some((k, v)) = kv.split_once('=') else { bail!("--param takes KEY=VALUE, got '{kv}'") };
@@ -278,7 +297,9 @@ async fn run(
         Some(t) => r.bearer_auth(t),
         None => r,
     };
-    let body = json!({"script": script, "params": p, "timeout_seconds": timeout_seconds, "dry_run": dry_run});
+    let body = json!({
+        "script": script, "params": p, "timeout_seconds": timeout_seconds, "dry_run": dry_run, "guards": guards,
+    });
     let resp = auth(client.post(format!("{url}/chaos/run")).json(&body))
         .send()
         .await
@@ -349,9 +370,35 @@ async fn run(
     if let Some(m) = report["measurements"].as_object().filter(|m| !m.is_empty()) {
         println!("measurements: {}", Value::Object(m.clone()));
     }
+    print_impact(&report);
+    if let Some(path) = &report_file {
+        let page = auth(client.get(format!("{url}/chaos/runs/{run_id}/report"))).send().await?.error_for_status()?;
+        let html = page.text().await?;
+        std::fs::write(path, html).with_context(|| format!("cannot write the report to {}", path.display()))?;
+        println!("report: {}", path.display());
+    }
     let status = final_status.or_else(|| report["status"].as_str().map(str::to_string)).unwrap_or_default();
     println!("run {run_id}: {status}, verdict {}", report["verdict"].as_str().unwrap_or("?"));
     Ok(if status == "succeeded" { 0 } else { 1 })
+}
+
+/// The run's impact, in a few lines (runs that applied no fault have none).
+fn print_impact(report: &Value) {
+    let Some(i) = report["impact"].as_object() else { return };
+    let secs = |k: &str| i.get(k).and_then(Value::as_f64).map_or("-".to_string(), |v| format!("{v:.2} s"));
+    let by = i.get("detected_by").and_then(Value::as_str).map_or(String::new(), |b| format!(" (by {b})"));
+    println!("impact: time to detect {}{by}, time to recover {}", secs("time_to_detect_s"), secs("time_to_recover_s"));
+    let n = |k: &str| i.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let budget = i
+        .get("error_budget_burned_pct")
+        .and_then(Value::as_f64)
+        .map_or("no error-rate guard".to_string(), |b| format!("{b:.1} % of the error budget burned"));
+    println!(
+        "        {} requests, {} failed ({:.2} %), {budget}",
+        n("requests"),
+        n("failures"),
+        i.get("error_rate_pct").and_then(Value::as_f64).unwrap_or(0.0)
+    );
 }
 
 /// Prints a finished run's report the way its live events would have looked.
@@ -409,6 +456,13 @@ fn print_event(name: &str, d: &Value) {
             } else {
                 format!("FAILED {}", d["detail"])
             }
+        ),
+        "breach" => println!(
+            "{at} ! guard breached: {} was {} against {} ({} requests in the window); aborting",
+            d["metric"].as_str().unwrap_or("?"),
+            d["observed"],
+            d["threshold"],
+            d["requests"]
         ),
         "run_finished" => {
             println!("finished: {} ({})", d["status"].as_str().unwrap_or("?"), d["reason"].as_str().unwrap_or(""))

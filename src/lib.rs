@@ -18,12 +18,15 @@
 //!   configured or answering.
 //! - [`child`]: child processes that die with the service (parent-death signal).
 //! - [`telemetry`]: metrics with the original lab's names, also served at `GET /metrics`.
+//! - [`chart`]: the one time-series chart renderer (fault bands, lines, health, markers) as
+//!   inline SVG, shared by the run report and loadgen's HTML report.
 //! - [`serve`]: runs the API on a bound listener until a shutdown future resolves.
 #![forbid(unsafe_code)]
 
 pub mod azure;
 pub mod chaos;
 pub mod chaos_store;
+pub mod chart;
 pub mod child;
 pub mod cli;
 pub mod config;
@@ -53,6 +56,11 @@ pub fn timestamp() -> String {
 
 pub fn format_timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// The name a unit enum variant has in the API (e.g. `timed_out`, `network_block`).
+pub fn json_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 /// Serves the API on `listener` until `shutdown` resolves. Then it stops every run (each undoes

@@ -171,6 +171,7 @@ async fn openapi_describes_every_route_and_docs_render_it() {
     let templated = [
         ("get", "/chaos/runs/{id}"),
         ("get", "/chaos/runs/{id}/events"),
+        ("get", "/chaos/runs/{id}/report"),
         ("post", "/chaos/runs/{id}/cancel"),
         ("get", "/chaos/scenarios/{name}"),
         ("delete", "/chaos/faults/{id}"),

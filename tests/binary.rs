@@ -270,4 +270,30 @@ async fn run_streams_the_timeline_and_exits_by_verdict() {
     let out = run(bad, vec![]).await.unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.rhai:1:"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A guard from the command line aborts the run; the impact is printed, the report written.
+    let outage = dir.join("outage.rhai");
+    std::fs::write(&outage, "network_block();\nredis_reset();\nsleep(30.0);\n").unwrap();
+    let page = dir.join("report.html");
+    let args = |g: &str| vec!["--guard".to_string(), g.to_string(), "--report".into(), page.display().to_string()];
+    let out = run(outage.clone(), args(r#"{"unhealthy_s": 2}"#)).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("! guard breached: unhealthy_s"), "{text}");
+    assert!(text.contains("aborted"), "{text}");
+    assert!(text.contains("impact: time to detect"), "{text}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("<svg") && html.contains("band band-network_block"), "{html}");
+    // Bad guards: not JSON, or an unknown option (refused by the service, nothing runs).
+    let out = run(outage.clone(), args("{unhealthy_s: 2}")).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--guard #1 is not JSON"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(outage, args(r#"{"unhealthy": 2}"#)).await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("guards[0]: unknown guard option 'unhealthy'"), "{err}");
 }

@@ -42,6 +42,21 @@ fn text(out: &Output) -> String {
     format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
+/// The report's per-second series adds up to its totals, and its HTML page draws it with
+/// nothing fetched (goose's own page pulls its chart library from a CDN).
+fn assert_series_and_offline_chart(report: &Value, html: &str) {
+    let series = report["series"].as_array().unwrap_or_else(|| panic!("no series: {report:#}"));
+    assert!(!series.is_empty(), "{report:#}");
+    let sum: u64 = series.iter().map(|s| s["requests"].as_u64().unwrap()).sum();
+    assert_eq!(sum, report["totals"]["requests"].as_u64().unwrap(), "every request is in one second: {series:?}");
+    assert!(series.iter().all(|s| s["t"].as_f64().unwrap() > 0.0 && s["p95_ms"].is_number()), "{series:?}");
+    assert!(series.iter().all(|s| s["histogram"].is_null()), "histograms stay on the progress channel");
+    assert!(html.contains("<svg") && html.contains("class=\"line\""), "no chart in the HTML report");
+    for needle in ["<script", "<link", "src=", "@import", "url("] {
+        assert!(!html.contains(needle), "the HTML report contains {needle:?}");
+    }
+}
+
 fn endpoint<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap_or_else(|| {
         panic!("no {name} in {report:#}");
@@ -91,7 +106,7 @@ async fn every_profile_runs_scaled_down_with_its_plan_and_reports_each_endpoint(
         let summary = String::from_utf8_lossy(&out.stdout);
         assert!(summary.contains("p95 ms") && summary.contains("result: PASS"), "{summary}");
         let html = std::fs::read_to_string(dir.join(format!("{profile}.html"))).unwrap();
-        assert!(html.contains("<html"), "goose's HTML report was written");
+        assert_series_and_offline_chart(&report, &html);
     }
 }
 
@@ -124,6 +139,7 @@ async fn open_model_keeps_its_rate_and_reports_late_and_dropped() {
     let redis = RedisServer::start();
     let svc = TestService::start(redis.port, &[]).await;
     let dir = temp_dir("loadgen-open");
+    let dir_open = dir.clone();
     let host = svc.url("");
     let (out, report) = tokio::task::spawn_blocking(move || {
         run(&dir, "open", &["--profile", "sustained", "--time-scale", "0.005", "--rate", "300", "--host", &host])
@@ -138,6 +154,17 @@ async fn open_model_keeps_its_rate_and_reports_late_and_dropped() {
     assert_eq!(open["dropped"], 0, "{open}");
     assert!(open["late"].is_u64() && open["scheduled"].as_u64().unwrap() > 800, "{open}");
     assert_eq!(report["totals"]["requests"], open["sent"]);
+    let html_path = dir_open.join("open.html");
+    let html = std::fs::read_to_string(&html_path).unwrap();
+    assert_series_and_offline_chart(&report, &html);
+    // A real browser draws it from the file, offline.
+    let browser = common::browser::Browser::launch(&temp_dir("loadgen-chromium")).await;
+    let png = browser.screenshot(&format!("file://{}", html_path.display())).await;
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    std::fs::write(shots.join("loadgen-report-open.png"), &png).unwrap();
+    let (_, _, drawn) = common::browser::png_stats(&png);
+    assert!(drawn > 0.02, "the loadgen report renders blank: {drawn:.4}");
 
     // Per-stage rates from the profile (rate-ramp: 100, 500, 100 req/s over 30, 60, 30 s), scaled:
     // rates x 0.5 and durations x 0.02 give 0.6 s at 50, 1.2 s at 250, 0.6 s at 50 = 360 arrivals.

@@ -8,7 +8,7 @@
 # test and the infra checks need Python tools, installed into the venv target/py from
 # loadtests/locust/requirements.txt and tests/infra/requirements.txt; the store tests start Azurite
 # (npm `azurite`), installed into target/node. System packages that are missing (redis-server,
-# openssl, curl, python3-venv, npm) are installed with apt-get.
+# openssl, curl, python3-venv, npm, chromium) are installed with apt-get.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +24,7 @@ command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 command -v openssl >/dev/null 2>&1 || apt_install openssl   # Redis TLS test certificates; Azurite SAS signatures
 command -v curl >/dev/null 2>&1 || apt_install curl         # tests/first_run.rs runs the README's curl lines
 command -v cc >/dev/null 2>&1 || apt_install gcc libc6-dev
+command -v chromium >/dev/null 2>&1 || apt_install chromium   # the report test renders in headless chromium (tests/common/browser.rs)
 
 # Azurite, the Azure Storage emulator: tests/common/azurite.rs starts target/node's azurite-blob.
 command -v npm >/dev/null 2>&1 || apt_install nodejs npm

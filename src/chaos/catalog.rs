@@ -6,7 +6,10 @@
 //! ```text
 //! //! description: Block Redis, reset connections, measure detection and recovery.
 //! //! param outage_s = 10   // seconds the block is held
+//! //! guard: #{error_rate_pct: 5.0, window_s: 10}
 //! ```
+//! A `guard:` line holds a guard as a Rhai map, the same one `guard()` takes in the script; every
+//! run of the scenario is held to it.
 //! A file that does not compile (or whose header is malformed) is listed with its error and
 //! cannot run.
 
@@ -18,6 +21,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::guard::Guard;
 use super::report::ScriptError;
 use super::sandbox;
 
@@ -39,6 +43,8 @@ pub struct Scenario {
     pub file: String,
     pub description: Option<String>,
     pub params: Vec<ParamDecl>,
+    /// Guards every run of it is held to (`//! guard:` lines).
+    pub guards: Vec<Guard>,
     /// Whether it can run.
     pub valid: bool,
     pub error: Option<ScriptError>,
@@ -133,6 +139,7 @@ pub fn parse(name: &str, path: &Path, source: String, stamp: (SystemTime, u64)) 
         file,
         description: None,
         params: Vec::new(),
+        guards: Vec::new(),
         valid: false,
         error: None,
         source: String::new(),
@@ -140,9 +147,10 @@ pub fn parse(name: &str, path: &Path, source: String, stamp: (SystemTime, u64)) 
     };
     let header = parse_header(&source);
     match header {
-        Ok((description, params)) => {
-            s.description = description;
-            s.params = params;
+        Ok(h) => {
+            s.description = h.description;
+            s.params = h.params;
+            s.guards = h.guards;
             s.error = sandbox::compile(&source).err();
         }
         Err(e) => s.error = Some(e),
@@ -163,10 +171,20 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
-/// Reads the leading `//!` lines: `description: …` and `param NAME = LITERAL // help`.
-pub fn parse_header(source: &str) -> Result<(Option<String>, Vec<ParamDecl>), ScriptError> {
+/// What a scenario's header declares.
+#[derive(Debug, Default)]
+pub struct Header {
+    pub description: Option<String>,
+    pub params: Vec<ParamDecl>,
+    pub guards: Vec<Guard>,
+}
+
+/// Reads the leading `//!` lines: `description: …`, `param NAME = LITERAL // help` and
+/// `guard: #{…}`.
+pub fn parse_header(source: &str) -> Result<Header, ScriptError> {
     let mut description: Option<String> = None;
     let mut params: Vec<ParamDecl> = Vec::new();
+    let mut guards: Vec<Guard> = Vec::new();
     for (i, raw) in source.lines().enumerate() {
         let line_no = i + 1;
         let trimmed = raw.trim();
@@ -181,6 +199,13 @@ pub fn parse_header(source: &str) -> Result<(Option<String>, Vec<ParamDecl>), Sc
                 return Err(err("header declares 'description:' twice".into()));
             }
             description = Some(d.trim().to_string());
+        } else if let Some(g) = body.strip_prefix("guard:") {
+            let source = format!("scenario header line {line_no}");
+            let map = sandbox::sandbox()
+                .eval_expression::<rhai::Map>(g.trim())
+                .map_err(|e| err(format!("a guard line holds a map like #{{error_rate_pct: 5.0}}: {e}")))?;
+            let v: Value = rhai::serde::from_dynamic(&rhai::Dynamic::from_map(map)).map_err(|e| err(e.to_string()))?;
+            guards.push(Guard::from_json(&v, &source).map_err(|e| err(format!("guard: {e}")))?);
         } else if let Some(p) = body.strip_prefix("param ") {
             let (decl, help) = match p.split_once("//") {
                 Some((d, h)) => (d.trim(), Some(h.trim().to_string()).filter(|h| !h.is_empty())),
@@ -212,7 +237,7 @@ pub fn parse_header(source: &str) -> Result<(Option<String>, Vec<ParamDecl>), Sc
             d.push_str(body);
         }
     }
-    Ok((description, params))
+    Ok(Header { description, params, guards })
 }
 
 fn parse_literal(s: &str) -> Option<Value> {
@@ -237,7 +262,8 @@ mod tests {
     #[test]
     fn header_declares_description_and_params() {
         let src = "//! description: Break it.\n//! More words.\n//! param outage_s = 10 // hold\n//! param level = \"high\"\n//! param ratio = 0.5\n//! param go = true\nlog(\"x\");\n//! param ignored = 1\n";
-        let (d, p) = parse_header(src).unwrap();
+        let Header { description: d, params: p, guards } = parse_header(src).unwrap();
+        assert!(guards.is_empty());
         assert_eq!(d.as_deref(), Some("Break it. More words."));
         let names: Vec<_> = p.iter().map(|x| (x.name.as_str(), x.default.clone())).collect();
         assert_eq!(
@@ -257,5 +283,18 @@ mod tests {
         let e = parse_header("//! description: x\n//! param n = five\n").unwrap_err();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("parameter 'n'"), "{}", e.message);
+    }
+
+    #[test]
+    fn header_guards_are_rhai_maps_checked_like_guard() {
+        let h = parse_header("//! description: x\n//! guard: #{error_rate_pct: 5.0, window_s: 5}\n").unwrap();
+        assert_eq!(h.guards.len(), 1);
+        assert_eq!((h.guards[0].error_rate_pct, h.guards[0].window_s), (Some(5.0), 5));
+        assert_eq!(h.guards[0].source, "scenario header line 2");
+        let e = parse_header("//! guard: #{error_rate: 5}\n").unwrap_err();
+        assert_eq!(e.line, Some(1));
+        assert!(e.message.contains("unknown guard option 'error_rate'"), "{}", e.message);
+        let e = parse_header("//! guard: 5\n").unwrap_err();
+        assert!(e.message.contains("a guard line holds a map"), "{}", e.message);
     }
 }

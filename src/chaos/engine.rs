@@ -22,7 +22,8 @@ use rhai::{AST, Dynamic, EvalAltResult, FnPtr, Position};
 use serde_json::{Value, json};
 
 use super::loadgen::{LoadgenConfig, Running};
-use super::report::{LogLine, RunShared, RunStatus, Step, UndoRecord};
+use super::observe::Observer;
+use super::report::{LogLine, RunShared, RunStatus, Step, StopReason, UndoRecord};
 use super::sandbox::script_error;
 use crate::faults::Faults;
 use crate::faults::deploy::{DeployBackend, RecordingDeploy};
@@ -93,6 +94,8 @@ pub(super) struct Ctx {
     /// Dry runs apply nothing; what they would have undone, for the report.
     pub dry_undo: Mutex<Vec<String>>,
     pub loadgens: Mutex<Vec<Loadgen>>,
+    /// Watches the run's load, health and guards (none in a dry run).
+    pub observer: Option<Arc<Observer>>,
 }
 
 pub(super) type Fallible<T> = Result<T, Box<EvalAltResult>>;
@@ -208,7 +211,16 @@ impl Ctx {
         let ledger = self.deps.ledger.clone();
         // If the run is stopped meanwhile, the apply still completes in the ledger and the
         // run's undo phase undoes it.
-        self.block(async move { ledger.apply(intent, apply).await })?.map_err(|e| e.to_string())
+        let applied = self.block(async move { ledger.apply(intent, apply).await })?.map_err(|e| e.to_string())?;
+        self.applied(&applied.0);
+        Ok(applied)
+    }
+
+    /// Notes a fault this run applied, for its band in the report.
+    pub fn applied(&self, fault_id: &str) {
+        if let Some(o) = &self.observer {
+            o.applied(fault_id);
+        }
     }
 
     /// Undoes this run's ledger entries that `matches` picks (the script's own `load_stop()`,
@@ -315,12 +327,17 @@ impl Ctx {
 pub fn execute(run: Arc<RunShared>, deps: Arc<Deps>, ast: AST, params: serde_json::Map<String, Value>, dry_run: bool) {
     let timeout = Duration::from_secs(run.snapshot().timeout_seconds);
     let cap = timeout + deps.rollback_timeout + UNDO_GRACE;
+    let owner = ledger::run_owner(&run.id);
+    let observer = (!dry_run).then(|| Observer::new(run.clone(), deps.clone(), owner.clone()));
+    if let Some(o) = &observer {
+        o.start();
+    }
     let ctx = Arc::new(Ctx {
         run: run.clone(),
         deps: deps.clone(),
         dry_run,
         params,
-        owner: ledger::run_owner(&run.id),
+        owner,
         lease_cap: Utc::now() + chrono::Duration::from_std(cap).unwrap_or(chrono::Duration::hours(2)),
         rollbacks: Mutex::new(Vec::new()),
         quiet: AtomicUsize::new(0),
@@ -330,6 +347,7 @@ pub fn execute(run: Arc<RunShared>, deps: Arc<Deps>, ast: AST, params: serde_jso
         dry_deploy: RecordingDeploy::default(),
         dry_undo: Mutex::new(Vec::new()),
         loadgens: Mutex::new(Vec::new()),
+        observer,
     });
     let run_span = run.span.lock().unwrap().clone().unwrap_or_else(tracing::Span::none);
     let _in_run = run_span.enter(); // every log line of the run carries its run id
@@ -342,12 +360,21 @@ pub fn execute(run: Arc<RunShared>, deps: Arc<Deps>, ast: AST, params: serde_jso
 
     run_rollbacks(&ctx, &engine, &ast);
     undo_faults(&ctx);
+    if let Some(o) = &ctx.observer {
+        o.finish();
+    }
 
     let stop = run.stop_reason();
     run.update(|r| {
         let failed_expectations: Vec<&str> =
             r.expectations.iter().filter(|x| !x.ok).map(|x| x.message.as_str()).collect();
         let (status, reason) = match (&outcome, stop) {
+            (_, Some(StopReason::Breach)) => {
+                let why = r.breach.as_ref().map_or(String::new(), |b| {
+                    format!(": {} was {} against {} ({})", b.metric, b.observed, b.threshold, b.guard.describe())
+                });
+                (RunStatus::Aborted, format!("aborted by a guard{why}; every fault was undone"))
+            }
             (_, Some(reason)) => (reason.status(), reason.describe().to_string()),
             (Err(e), None) => {
                 r.error = Some(script_error(e));
@@ -406,7 +433,7 @@ fn run_rollbacks(ctx: &Ctx, engine: &rhai::Engine, ast: &AST) {
                 Err(_) => (false, "failed: internal error (a script function panicked)".to_string()),
             }
         };
-        record_undo(ctx, action, ok, detail, None);
+        record_undo(ctx, action, ok, detail, None, crate::timestamp());
     }
     *ctx.rollback_deadline.lock().unwrap() = None;
 }
@@ -416,7 +443,7 @@ fn undo_faults(ctx: &Ctx) {
     ctx.set_phase(Phase::Undo);
     if ctx.dry_run {
         for action in std::mem::take(&mut *ctx.dry_undo.lock().unwrap()).into_iter().rev() {
-            record_undo(ctx, action, true, "dry run: nothing was applied".into(), None);
+            record_undo(ctx, action, true, "dry run: nothing was applied".into(), None, crate::timestamp());
         }
         return;
     }
@@ -425,7 +452,10 @@ fn undo_faults(ctx: &Ctx) {
     let outcomes = ctx.deps.handle.block_on(async move { ledger.undo_owner(&owner).await });
     for o in outcomes {
         let action = describe(ctx, &o);
-        record_undo(ctx, action, o.ok, o.detail.clone(), Some(o.fault_id.clone()));
+        if let Some(obs) = ctx.observer.as_ref().filter(|_| o.ok) {
+            obs.undone(&o.fault_id, &o.at);
+        }
+        record_undo(ctx, action, o.ok, o.detail.clone(), Some(o.fault_id.clone()), o.at.clone());
     }
 }
 
@@ -448,13 +478,15 @@ fn describe(ctx: &Ctx, o: &Outcome) -> String {
     }
 }
 
-fn record_undo(ctx: &Ctx, action: String, ok: bool, detail: String, fault_id: Option<String>) {
+/// `at`: when the undo ended (the ledger's time for a fault, which may be earlier than now: a
+/// guard breach or the kill switch undoes before the engine gets here).
+fn record_undo(ctx: &Ctx, action: String, ok: bool, detail: String, fault_id: Option<String>, at: String) {
     if ok {
         tracing::info!(run_id = %ctx.run.id, %action, %detail, "undo");
     } else {
         tracing::error!(run_id = %ctx.run.id, %action, %detail, "undo failed");
     }
-    let rec = UndoRecord { action, ok, detail, at: crate::timestamp(), fault_id };
+    let rec = UndoRecord { action, ok, detail, at, fault_id };
     ctx.run.emit("undo", json!(rec));
     ctx.run.update(|r| r.undo.push(rec));
 }

@@ -5,8 +5,11 @@
 
 pub mod catalog;
 pub mod engine;
+pub mod guard;
 pub mod loadgen;
+mod observe;
 pub mod report;
+pub mod report_page;
 pub mod retention;
 pub mod sandbox;
 pub mod script_api;
@@ -57,6 +60,8 @@ pub struct RunRequest {
     pub params: serde_json::Map<String, Value>,
     pub timeout_seconds: Option<u64>,
     pub dry_run: bool,
+    /// Guards as the request gives them (`guards` in the JSON body), checked here.
+    pub guards: Vec<Value>,
 }
 
 /// Every run of this service: the ones in progress and the journals of finished ones.
@@ -157,7 +162,7 @@ impl Runs {
                     .filter(|o| o.owner == owner)
                     .map(|o| Recovered {
                         fault: o.fault_id.clone(),
-                        kind: json_name(&o.kind),
+                        kind: crate::json_name(&o.kind),
                         target: o.target.clone(),
                         ok: o.ok,
                         detail: o.detail.clone(),
@@ -210,6 +215,12 @@ impl Runs {
                 "timeout_seconds must be between 1 and {MAX_TIMEOUT_SECONDS}, got {timeout}"
             )));
         }
+        let mut guards = Vec::new();
+        for (i, g) in req.guards.iter().enumerate() {
+            guards.push(
+                guard::Guard::from_json(g, "request").map_err(|e| RunError::Invalid(format!("guards[{i}]: {e}")))?,
+            );
+        }
         let (source, scenario, params) = match (req.script, req.scenario) {
             (Some(_), Some(_)) => return Err(RunError::Invalid("give either 'script' or 'scenario', not both".into())),
             (None, None) => {
@@ -240,6 +251,7 @@ impl Runs {
                     }
                     params.insert(k, v);
                 }
+                guards.extend(s.guards);
                 (s.source, Some(name), params)
             }
         };
@@ -284,6 +296,11 @@ impl Runs {
                 truncated: None,
                 replica: self.deps.fleet.shared_store().map(|_| self.deps.fleet.name.clone()),
                 recovered: Vec::new(),
+                guards,
+                breach: None,
+                faults: Vec::new(),
+                series: Default::default(),
+                impact: None,
             };
             let run = Arc::new(RunShared::new(report, self.limits));
             active.insert(run.id.clone(), run.clone());
@@ -300,6 +317,12 @@ impl Runs {
             dry_run = req.dry_run,
             status = tracing::field::Empty,
             verdict = tracing::field::Empty,
+            impact.time_to_detect_s = tracing::field::Empty,
+            impact.time_to_recover_s = tracing::field::Empty,
+            impact.requests = tracing::field::Empty,
+            impact.failures = tracing::field::Empty,
+            impact.error_budget_burned_pct = tracing::field::Empty,
+            breach.metric = tracing::field::Empty,
         ));
         self.index.lock().unwrap().push(snapshot.summary());
         write_journal(&self.dir, &snapshot);
@@ -349,10 +372,26 @@ impl Runs {
             *s = report.summary();
         }
         self.active.lock().unwrap().remove(&run.id);
-        let status = json_name(&report.status);
+        let status = crate::json_name(&report.status);
         if let Some(span) = run.span.lock().unwrap().take() {
             span.record("status", status.as_str());
             span.record("verdict", report.verdict.as_deref().unwrap_or(""));
+            if let Some(i) = &report.impact {
+                if let Some(t) = i.time_to_detect_s {
+                    span.record("impact.time_to_detect_s", t);
+                }
+                if let Some(t) = i.time_to_recover_s {
+                    span.record("impact.time_to_recover_s", t);
+                }
+                span.record("impact.requests", i.requests);
+                span.record("impact.failures", i.failures);
+                if let Some(b) = i.error_budget_burned_pct {
+                    span.record("impact.error_budget_burned_pct", b);
+                }
+            }
+            if let Some(b) = &report.breach {
+                span.record("breach.metric", b.metric.as_str());
+            }
         }
         crate::telemetry::metrics().chaos_runs.add(1, &[opentelemetry::KeyValue::new("status", status)]);
         crate::telemetry::operation_ended("run", report.duration_s.unwrap_or_default());
@@ -466,7 +505,7 @@ impl Runs {
                 Ok(run)
             }
             None => match self.report(id) {
-                Ok(r) => Err(RunError::Busy(format!("run '{id}' already ended ({})", json_name(&r.status)))),
+                Ok(r) => Err(RunError::Busy(format!("run '{id}' already ended ({})", crate::json_name(&r.status)))),
                 Err(e) => Err(e),
             },
         }
@@ -532,11 +571,6 @@ pub async fn kill_switch(
     let unknown = network.clear_all().await;
     let all_clear_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
     KillReport { halt, runs, outcomes, unknown, all_clear_ms }
-}
-
-/// The name a value has in the API (e.g. `timed_out`).
-fn json_name<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
 /// Time-ordered (milliseconds), readable and unique: `20261122T174300123Z-1a2b3c`.

@@ -66,6 +66,8 @@ pub struct Truncated {
     pub records: u64,
     /// Events broadcast live but not kept for replay (RUN_MAX_EVENTS or the replay's byte cap).
     pub events: u64,
+    /// Series points dropped once the series held its cap (`observe::MAX_SERIES_POINTS`).
+    pub series: u64,
 }
 
 /// Where a run is in its life.
@@ -80,6 +82,9 @@ pub enum RunStatus {
     /// The service died during the run (crash, `kill -9`, OOM kill); the next start undid what
     /// the ledger held for it and lists that under `recovered`.
     Interrupted,
+    /// A guard was breached: the run stopped itself, undid every fault at once, and says which
+    /// guard saw what under `breach`.
+    Aborted,
 }
 
 /// Why a run was stopped from outside.
@@ -89,12 +94,15 @@ pub enum StopReason {
     TimedOut,
     KillSwitch,
     Shutdown,
+    /// A guard was breached ([`super::observe`]).
+    Breach,
 }
 
 impl StopReason {
     pub fn status(self) -> RunStatus {
         match self {
             Self::TimedOut => RunStatus::TimedOut,
+            Self::Breach => RunStatus::Aborted,
             _ => RunStatus::Cancelled,
         }
     }
@@ -105,6 +113,7 @@ impl StopReason {
             Self::TimedOut => "the run exceeded its timeout_seconds",
             Self::KillSwitch => "cancelled by the kill switch (POST /chaos/stop)",
             Self::Shutdown => "cancelled because the service is shutting down",
+            Self::Breach => "aborted: a guard was breached (see breach)",
         }
     }
 }
@@ -173,6 +182,89 @@ pub struct Recovered {
     pub detail: String,
 }
 
+/// What the run saw each second: the load its generators put on the service and the service's
+/// own health.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Series {
+    /// One point per second per load generator, in time order.
+    pub load: Vec<LoadPoint>,
+    /// One `/health` sample per second.
+    pub health: Vec<HealthPoint>,
+}
+
+/// One second of one load generator; `t` is the run's offset at the end of that second.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoadPoint {
+    /// The script's name for the generator (`loadgen-1`, ...).
+    pub loadgen: String,
+    #[serde(flatten)]
+    pub second: crate::loadgen::report::Second,
+}
+
+/// What `/health` said at run offset `t`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HealthPoint {
+    pub t: f64,
+    /// `healthy`, `unhealthy` (an answer that says so) or `unreachable` (no answer within the
+    /// sample's second).
+    pub state: String,
+    /// How long the answer took; none when there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+}
+
+/// When one of the run's faults was on: applied at `applied_s`, undone at `undone_s` (run
+/// offsets). The ledger does the undo; this is only what the report draws.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FaultSpan {
+    pub fault_id: String,
+    pub kind: String,
+    pub target: String,
+    pub applied_s: f64,
+    #[serde(default)]
+    pub undone_s: Option<f64>,
+    /// The script line that applied it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+}
+
+/// The guard breach that aborted a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Breach {
+    pub at: String,
+    pub offset_s: f64,
+    /// The guard, as declared.
+    pub guard: super::guard::Guard,
+    /// `p95_ms`, `error_rate_pct` or `unhealthy_s`.
+    pub metric: String,
+    pub observed: f64,
+    pub threshold: f64,
+    /// Requests in the guard's window when it fired (0 for `unhealthy_s`).
+    pub requests: u64,
+}
+
+/// What the run did to users, from its series; computed when a run applied faults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Impact {
+    /// First fault applied → first breach or first unhealthy sample; none if neither happened.
+    pub time_to_detect_s: Option<f64>,
+    /// `breach` or `unhealthy`: what the detection was.
+    pub detected_by: Option<String>,
+    /// Last fault undone → the first sample healthy and back within every guard; none if the
+    /// run ended before that.
+    pub time_to_recover_s: Option<f64>,
+    /// Requests and failures the run's load generators saw during the run.
+    pub requests: u64,
+    pub failures: u64,
+    pub error_rate_pct: f64,
+    /// Failures as a share of what the strictest `error_rate_pct` guard allows for these
+    /// requests (100 = the whole budget); none without such a guard or without requests.
+    pub error_budget_burned_pct: Option<f64>,
+    /// Seconds of samples that were not healthy.
+    pub unhealthy_s: f64,
+}
+
 /// The whole story of a run; also its journal on disk.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunReport {
@@ -206,6 +298,21 @@ pub struct RunReport {
     /// Interrupted runs: what the next start undid for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recovered: Vec<Recovered>,
+    /// The guards the run is held to (request, scenario header and `guard()` calls).
+    #[serde(default)]
+    pub guards: Vec<super::guard::Guard>,
+    /// The breach that aborted the run, if one did.
+    #[serde(default)]
+    pub breach: Option<Breach>,
+    /// When each fault of the run was on.
+    #[serde(default)]
+    pub faults: Vec<FaultSpan>,
+    /// Per-second load and health.
+    #[serde(default)]
+    pub series: Series,
+    /// What the run did to users (runs that applied faults).
+    #[serde(default)]
+    pub impact: Option<Impact>,
 }
 
 /// The short form `GET /chaos/runs` lists.
@@ -236,7 +343,7 @@ impl RunReport {
 
 /// The `'static` name of a known event, for events read back from the store.
 pub fn event_name(name: &str) -> Option<&'static str> {
-    const NAMES: [&str; 10] = [
+    const NAMES: [&str; 11] = [
         "run_started",
         "step_started",
         "step_finished",
@@ -247,6 +354,7 @@ pub fn event_name(name: &str) -> Option<&'static str> {
         "run_finished",
         "lagged",
         "truncated",
+        "breach",
     ];
     NAMES.iter().find(|n| **n == name).copied()
 }
@@ -449,7 +557,7 @@ impl RunShared {
     }
 
     /// A line of the service's own in the run log.
-    fn note(&self, line: Option<usize>, message: String) {
+    pub fn note(&self, line: Option<usize>, message: String) {
         self.log(LogLine { at: crate::timestamp(), offset_s: self.offset_s(), line, message });
     }
 

@@ -48,6 +48,7 @@ pub const API_FUNCTIONS: &[&str] = &[
     "status",
     "wait_until",
     "expect",
+    "guard",
     "on_rollback",
     "loadgen",
     "loadgen_start",
@@ -116,13 +117,18 @@ impl Ctx {
     }
 
     /// Starts `loadgen` for this run through the ledger; its progress goes to the timeline
-    /// every 5 s.
+    /// every 5 s, and each of its seconds to the run's series and guards.
     fn start_loadgen(self: &Arc<Self>, opts: &Map, pos: Position) -> Result<(String, Arc<Running>), String> {
         let spec = Spec::from_map(opts, &self.deps.self_url)?;
         let name = format!("loadgen-{}", self.loadgens.lock().unwrap().len() + 1);
         let c = self.clone();
         let tag = name.clone();
         let progress = move |p: &Value| {
+            if let Some(o) = &c.observer
+                && let Ok(second) = serde_json::from_value(p["second"].clone())
+            {
+                o.load_second(&tag, second);
+            }
             let elapsed = p["elapsed_s"].as_f64().unwrap_or(0.0);
             if (elapsed.round() as u64).is_multiple_of(5) {
                 c.log(
@@ -214,8 +220,9 @@ impl Ctx {
         fault.owner = self.owner.clone();
         fault.lease_expires_at = crate::faults::ledger::lease(duration, self.lease_cap);
         let (fleet, ledger) = (self.deps.fleet.clone(), self.deps.ledger.clone());
-        let (_, f) =
+        let (id, f) =
             self.block(async move { fleet.apply_fleet(&ledger, fault, kind).await })?.map_err(|e| e.to_string())?;
+        self.applied(&id);
         Ok(f.describe())
     }
 
@@ -715,6 +722,17 @@ pub(super) fn build(ctx: &Arc<Ctx>) -> Engine {
             m.insert("met".into(), Dynamic::from_bool(met));
             m.insert("seconds".into(), Dynamic::from_float(secs));
             Ok((m, if met { format!("met after {secs:.3} s") } else { format!("not met within {secs:.3} s") }))
+        })
+    });
+    let c = ctx.clone();
+    e.register_fn("guard", move |nc: NativeCallContext, opts: Map| -> Fallible<()> {
+        c.step("guard", format!("{opts:?}"), nc.call_position(), || {
+            let source = format!("script line {}", nc.call_position().line().unwrap_or(0));
+            let v: Value = rhai::serde::from_dynamic(&Dynamic::from_map(opts.clone())).map_err(|e| e.to_string())?;
+            let g = super::guard::Guard::from_json(&v, &source)?;
+            let described = g.describe();
+            c.run.update(|r| r.guards.push(g));
+            Ok(((), format!("guarding: {described}")))
         })
     });
     let c = ctx.clone();

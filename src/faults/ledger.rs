@@ -111,6 +111,9 @@ pub struct Entry {
     pub owner: String,
     /// When the apply finished; `None` while applying.
     pub applied_at: Option<String>,
+    /// When it was undone (or found to need no undo); `None` until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undone_at: Option<String>,
     pub lease_expires_at: DateTime<Utc>,
     pub state: EntryState,
     /// The outcome of the last apply or undo, in a sentence.
@@ -132,6 +135,8 @@ pub struct Outcome {
     pub owner: String,
     pub ok: bool,
     pub detail: String,
+    /// When the undo ended (for an entry undone earlier, when that was).
+    pub at: String,
 }
 
 /// The latch the kill switch sets.
@@ -376,11 +381,12 @@ impl Ledger {
         if inner.entries[i].state != EntryState::UndoFailed {
             return Err(FaultError::Conflict(format!(
                 "fault '{id}' is {}; only an undo_failed fault can be forgotten (the others are undone by the ledger)",
-                json_name(&inner.entries[i].state)
+                crate::json_name(&inner.entries[i].state)
             )));
         }
         let mut e = inner.entries.remove(i);
         e.state = EntryState::Undone;
+        e.undone_at = Some(crate::timestamp());
         e.detail = Some("forgotten by an operator (DELETE /chaos/faults)".into());
         self.persist(&inner, false);
         drop(inner);
@@ -410,6 +416,7 @@ impl Ledger {
                 target: intent.target,
                 owner: intent.owner,
                 applied_at: None,
+                undone_at: None,
                 lease_expires_at: intent.lease,
                 state: EntryState::Applying,
                 detail: None,
@@ -461,6 +468,7 @@ impl Ledger {
                 // Only a backend failure may come half-way through (refusals come before any write).
                 if e.undo == Undo::Nothing || !matches!(err, FaultError::Backend(_)) {
                     e.state = EntryState::Undone;
+                    e.undone_at = Some(crate::timestamp());
                 } else {
                     // Half-applied, perhaps (an ARM PUT that failed late): undo what was planned.
                     e.state = EntryState::Active;
@@ -515,7 +523,7 @@ impl Ledger {
                     ok: false,
                     detail: format!(
                         "still {} after {} s; the ledger keeps it",
-                        json_name(&e.state),
+                        crate::json_name(&e.state),
                         SETTLE_TIMEOUT.as_secs()
                     ),
                     ..outcome(e, false)
@@ -553,15 +561,21 @@ impl Ledger {
     }
 
     /// Undoes every entry of every owner.
-    /// This is the emergency stop (kill switch, shutdown): load generators are killed at once
-    /// rather than asked to stop and write their reports, so traffic ends within milliseconds.
+    /// This is the emergency stop (kill switch, shutdown): see [`Self::undo_at_once`].
     pub async fn undo_all(self: &Arc<Self>) -> Vec<Outcome> {
+        self.undo_at_once(|_| true).await
+    }
+
+    /// Undoes every entry `matches` picks as an emergency (the kill switch, a run's guard
+    /// breach): load generators are killed at once rather than asked to stop and write their
+    /// reports, so their traffic ends within milliseconds.
+    pub async fn undo_at_once(self: &Arc<Self>, matches: impl Fn(&Entry) -> bool) -> Vec<Outcome> {
         let children: Vec<(u32, u64)> = {
             let inner = self.inner.lock().unwrap();
             inner
                 .entries
                 .iter()
-                .filter(|e| e.state != EntryState::Undone && e.pid == std::process::id())
+                .filter(|e| e.state != EntryState::Undone && e.pid == std::process::id() && matches(e))
                 .filter_map(|e| match e.undo {
                     Undo::Loadgen { pid, start_ticks } => Some((pid, start_ticks)),
                     _ => None,
@@ -571,7 +585,7 @@ impl Ledger {
         for (pid, ticks) in children {
             crate::chaos::loadgen::kill_group(pid, ticks);
         }
-        self.undo_where(|_| true).await
+        self.undo_where(matches).await
     }
 
     /// Attempts with timeout and backoff, then records the final state.
@@ -601,6 +615,9 @@ impl Ledger {
             e.undo_attempts += attempts;
             e.last_try = Some(Utc::now());
             e.state = if ok { EntryState::Undone } else { EntryState::UndoFailed };
+            if ok {
+                e.undone_at = Some(crate::timestamp());
+            }
             e.detail = Some(if ok { last.clone() } else { format!("undo failed: {last}") });
             result = Some(outcome(e, ok));
         }
@@ -749,6 +766,7 @@ fn outcome(e: &Entry, ok: bool) -> Outcome {
         owner: e.owner.clone(),
         ok,
         detail: e.detail.clone().unwrap_or_default(),
+        at: e.undone_at.clone().unwrap_or_else(crate::timestamp),
     }
 }
 
@@ -757,8 +775,4 @@ fn halted_detail(h: &Halt) -> String {
         "chaos is halted since {} by {}: no new run or fault starts; POST /chaos/resume allows chaos again",
         h.at, h.by
     )
-}
-
-fn json_name<T: Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }

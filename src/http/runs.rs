@@ -30,6 +30,7 @@ pub fn router() -> Router<AppState> {
         .route("/chaos/runs", get(list_runs))
         .route("/chaos/runs/{id}", get(get_run))
         .route("/chaos/runs/{id}/events", get(run_events))
+        .route("/chaos/runs/{id}/report", get(run_report))
         .route("/chaos/runs/{id}/cancel", post(cancel_run))
         .route("/chaos/stop", post(kill_switch))
         .route("/chaos/resume", post(resume))
@@ -47,6 +48,9 @@ struct RunBody {
     timeout_seconds: Option<u64>,
     #[serde(default)]
     dry_run: bool,
+    /// Checked by `Runs::start`, which names the guard and the field in its errors.
+    #[serde(default)]
+    guards: Vec<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -96,6 +100,7 @@ async fn start_run(
             params: b.params,
             timeout_seconds: b.timeout_seconds,
             dry_run: b.dry_run,
+            guards: b.guards,
         }
     } else {
         let script = String::from_utf8(body.to_vec())
@@ -135,6 +140,13 @@ async fn list_runs(State(state): State<AppState>) -> Json<Value> {
 
 async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     Ok(Json(state.runs.report_anywhere(&id).await?).into_response())
+}
+
+/// The run as one self-contained HTML page (timeline, tables); works offline and as an
+/// attachment. A run in progress gets the page as it stands.
+async fn run_report(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let report = state.runs.report_anywhere(&id).await?;
+    Ok(axum::response::Html(crate::chaos::report_page::render(&report)).into_response())
 }
 
 /// Replays the run's events so far, then streams the rest live until the run ends.

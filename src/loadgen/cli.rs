@@ -20,8 +20,16 @@ Examples:
   loadgen --profile staged --split 4 --json part-1.json          # one of 4 machines
   loadgen merge part-*.json --json all.json                      # one report for all 4
 
+Reports: --json PATH (default loadgen-report.json) has the figures, histograms and a per-second
+series. --report-file PATH.html (default loadgen-report.html) is drawn by loadgen itself, with its
+per-second chart inline, so it works offline; other --report-file formats (.json, .md) are goose's
+and only written by closed-model runs.
+
 Exit status: 0 every threshold passed, 1 a threshold failed, 2 the run could not start.
 Profiles are TOML files (see loadtests/README.md); Locust reads the same files.";
+
+/// Where the HTML report goes unless `--report-file` names an `.html` file.
+const DEFAULT_HTML: &str = "loadgen-report.html";
 
 #[derive(Parser)]
 #[command(
@@ -31,8 +39,9 @@ Profiles are TOML files (see loadtests/README.md); Locust reads the same files."
                   against the service: a closed model on goose (users with think time, every goose \
                   option below works), or an open model with --rate (requests start on a clock; \
                   latency counts from the intended start). Writes a JSON report (--json) and an \
-                  HTML report (goose's --report-file), prints a one-screen summary, and exits \
-                  non-zero when a threshold fails.",
+                  HTML report with a per-second chart (--report-file NAME.html; drawn by loadgen, \
+                  works offline), prints a one-screen summary, and exits non-zero when a threshold \
+                  fails.",
     after_help = EXAMPLES,
     args_conflicts_with_subcommands = true
 )]
@@ -85,13 +94,15 @@ struct RunArgs {
     /// Open model: start N requests per second for the whole profile (stage `rate`s otherwise)
     #[arg(long, value_parser = positive, value_name = "N")]
     rate: Option<f64>,
-    /// Where to write loadgen's JSON report (per-endpoint figures and histograms; mergeable)
+    /// Where to write loadgen's JSON report (per-endpoint figures and histograms, a per-second
+    /// series; mergeable)
     #[arg(long, value_name = "PATH", default_value = "loadgen-report.json")]
     json: PathBuf,
     /// Do not apply the default thresholds (p95<1000ms, error-rate<1%) when no --threshold is given
     #[arg(long)]
     no_default_thresholds: bool,
-    /// Print one JSON progress line per second on stdout (used by the service's loadgen())
+    /// Print one JSON progress line per second on stdout, with that second's figures (used by
+    /// the service's loadgen())
     #[arg(long)]
     progress_json: bool,
     /// Print the goose test plan (or the open-model stages) the profile gives, and exit
@@ -177,9 +188,15 @@ async fn run(args: RunArgs, mut goose: GooseConfiguration) -> Result<bool, Strin
         }
         return Ok(true);
     }
-    if args.progress_json {
-        super::spawn_progress();
+    // loadgen writes the HTML report itself, for both models: goose's fetches its chart library
+    // from a CDN and shows nothing offline. The other formats asked of goose stay goose's.
+    let (mut html, others): (Vec<String>, Vec<String>) =
+        std::mem::take(&mut goose.report_file).into_iter().partition(|f| is_html(f));
+    goose.report_file = others;
+    if html.is_empty() {
+        html.push(DEFAULT_HTML.to_string());
     }
+    super::spawn_series(args.progress_json);
     let mut report = if open {
         let host = goose.host.clone().unwrap_or_else(|| super::DEFAULT_HOST.to_string());
         let timeout = match goose.timeout.as_deref() {
@@ -189,6 +206,7 @@ async fn run(args: RunArgs, mut goose: GooseConfiguration) -> Result<bool, Strin
         let segments = profile.open_segments(scaling, args.rate.map(|r| r / share));
         let started_at = crate::timestamp();
         let out = super::open::run(&host, &segments, timeout).await?;
+        let series = super::take_series();
         let mut report = Report {
             model: "open".into(),
             host,
@@ -198,19 +216,18 @@ async fn run(args: RunArgs, mut goose: GooseConfiguration) -> Result<bool, Strin
             max_users: out.max_users,
             endpoints: out.endpoints,
             open_model: Some(out.open),
+            series,
             ..Default::default()
         };
         report.finish();
         report.judge(&rules)?;
-        let html = goose.report_file.iter().find(|f| f.ends_with(".html")).cloned();
-        let html = html.unwrap_or_else(|| "loadgen-report.html".into());
-        std::fs::write(&html, report.html()).map_err(|e| format!("cannot write {html}: {e}"))?;
         report
     } else {
         // goose judges the rules: the ones given, or the defaults, all as goose defaults.
         goose.threshold.clear();
         let rules: Vec<&str> = rules.iter().map(String::as_str).collect();
-        let (report, _) = super::closed::run(goose, &profile, scaling, &rules).await.map_err(describe)?;
+        let (mut report, _) = super::closed::run(goose, &profile, scaling, &rules).await.map_err(describe)?;
+        report.series = super::take_series();
         report
     };
     report.profile = args.profile;
@@ -218,8 +235,18 @@ async fn run(args: RunArgs, mut goose: GooseConfiguration) -> Result<bool, Strin
     report.time_scale = args.time_scale;
     report.split = args.split;
     report.write_json(&args.json)?;
+    let page = report.html();
+    for path in &html {
+        std::fs::write(path, &page).map_err(|e| format!("cannot write {path}: {e}"))?;
+    }
     print!("{}", report.summary());
     Ok(report.passed)
+}
+
+/// Whether a `--report-file` entry is an HTML report (goose picks the type by extension too).
+fn is_html(path: &str) -> bool {
+    let p = path.to_ascii_lowercase();
+    p.ends_with(".html") || p.ends_with(".htm")
 }
 
 /// goose's `Display` leaves out which option was refused and why.

@@ -114,7 +114,7 @@ pub async fn run(host: &str, segments: &[Segment], timeout: Duration) -> Result<
                     }
                     let (ok, code) = send(&client, &url, task == 0).await;
                     let us = due.elapsed().as_micros() as u64;
-                    LIVE.count(ok);
+                    LIVE.record(task, ok, us);
                     let mut s = shared.stats[task].lock().unwrap();
                     s.histogram.record(us);
                     s.failures += u64::from(!ok);

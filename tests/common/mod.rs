@@ -767,3 +767,5 @@ pub async fn azure_service(fake: &fake_azure::FakeAzure, sub: &str, client: &str
     args.extend_from_slice(extra);
     TestService::start(free_port(), &args).await
 }
+
+pub mod browser;
