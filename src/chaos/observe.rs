@@ -256,13 +256,16 @@ impl Observer {
     }
 
     /// The end of the run's watch, after its undo: waits (up to [`RECOVERY_WATCH`]) for the
-    /// service to be fine again if the run broke something, stops sampling, and computes the
-    /// impact. Call on the run's blocking thread.
+    /// service to be fine again if the run broke something and ended by itself, a breach or its
+    /// timeout; stops sampling; computes the impact. Call on the run's blocking thread.
     pub fn finish(&self) {
         self.sync_faults();
         let (last_undone, guards) = self.run.update(|r| (last_undone(&breaking(r)), r.guards.clone()));
         let recovered_at = || last_undone.and_then(|u| self.recent.lock().unwrap().recovered_at(&guards, u));
-        if last_undone.is_some() {
+        // Someone waits on a run stopped from outside (a cancel or the kill switch answers when
+        // it has ended; shutdown has a drain deadline): those end at once, measured or not.
+        let watch = matches!(self.run.stop_reason(), None | Some(StopReason::Breach | StopReason::TimedOut));
+        if watch && last_undone.is_some() {
             let deadline = std::time::Instant::now() + RECOVERY_WATCH;
             while std::time::Instant::now() < deadline && recovered_at().is_none() {
                 std::thread::sleep(Duration::from_millis(100));
