@@ -46,10 +46,36 @@ fn defaults_free() -> bool {
     true
 }
 
+/// Takes out what `cargo test` adds to a test's environment (`CARGO_MANIFEST_DIR`,
+/// `CARGO_PKG_*`, ...), so a `cargo` started from here sees the user's shell. Build scripts that
+/// declare `rerun-if-env-changed` on those (ring does) would otherwise be rerun, and everything
+/// above them rebuilt: minutes of the suite.
+fn shell_env(cmd: &mut Command) -> &mut Command {
+    for (k, _) in std::env::vars() {
+        let from_cargo_test = k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+            || matches!(
+                k.as_str(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_MANIFEST_LINKS"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "OUT_DIR"
+            );
+        if from_cargo_test {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
 /// Runs the README's first command in the repository, in a process group of its own, with no
 /// Redis settings in the environment.
 fn run_first_command(runs: &std::path::Path) -> Child {
     let mut cmd = Command::new("bash");
+    shell_env(&mut cmd);
     cmd.args(["-c", &first_command()]).current_dir(env!("CARGO_MANIFEST_DIR")).process_group(0);
     for (k, _) in std::env::vars() {
         if k.starts_with("REDIS_") || k.starts_with("AZURE_") || k == "APP_PORT" || k == "APP_HOST" {
@@ -105,10 +131,10 @@ async fn the_readme_first_command_gives_a_working_lab_and_its_redis_dies_with_it
         return;
     }
     let runs = temp_dir("first-run");
-    // `cargo run` builds without the dev-dependencies' features, so its artifacts are not the
-    // test build's: build them first, so the 15 s below time the lab's start, not a compile.
+    // Build first (normally nothing to do: the test build made the binary, with the same
+    // features, see Cargo.toml's `resolver`), so the 15 s below time the lab's start.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(cargo)
+    let built = shell_env(&mut Command::new(cargo))
         .args(["build", "--quiet", "--bin", "chaos-lab"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
