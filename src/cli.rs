@@ -8,11 +8,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use futures::StreamExt;
-use rhai::{ASTNode, Expr, Stmt};
 use serde_json::{Value, json};
 
 use crate::azure::{AppRef, Arm, NsgRef};
-use crate::chaos::{catalog, sandbox, script_api};
 use crate::faults::deploy::{ContainerApp, DeployBackend, DeployFault, DeployFaultKind};
 use crate::faults::network::azure::{AzureNsg, DEFAULT_TTL};
 
@@ -209,22 +207,9 @@ pub fn check(files: &[PathBuf]) -> i32 {
                 continue;
             }
         };
-        let mut report = |line: Option<usize>, col: Option<usize>, msg: &str| {
-            println!("{name}:{}:{}: {msg}", line.unwrap_or(1), col.unwrap_or(1));
+        for p in crate::chaos::check::check(&source, true) {
+            println!("{name}:{}:{}: {}", p.line.unwrap_or(1), p.column.unwrap_or(1), p.message);
             problems += 1;
-        };
-        match catalog::parse_header(&source) {
-            Ok(h) if h.description.is_none() => report(Some(1), Some(1), "header has no '//! description: …' line"),
-            Ok(_) => {}
-            Err(e) => report(e.line, e.column, &e.message),
-        }
-        match sandbox::compile(&source) {
-            Err(e) => report(e.line, e.column, &e.message),
-            Ok(ast) => {
-                for (fname, pos) in unknown_functions(&ast) {
-                    report(pos.line(), pos.position(), &format!("unknown function '{fname}'"));
-                }
-            }
         }
     }
     if problems == 0 {
@@ -234,37 +219,6 @@ pub fn check(files: &[PathBuf]) -> i32 {
         println!("{problems} problem(s)");
         1
     }
-}
-
-/// Functions called by name that neither the script API, Rhai's standard library nor the script
-/// itself defines. Rhai only finds these at run time; `check` finds them before.
-fn unknown_functions(ast: &rhai::AST) -> Vec<(String, rhai::Position)> {
-    let engine = sandbox::sandbox();
-    let mut known: std::collections::HashSet<String> =
-        engine.collect_fn_metadata(None, |f| Some(f.metadata.name.to_string()), true).into_iter().collect();
-    known.extend(script_api::API_FUNCTIONS.iter().map(|s| s.to_string()));
-    known.extend(ast.iter_functions().map(|f| f.name.to_string()));
-    for kw in ["Fn", "call", "curry", "type_of", "print", "debug", "is_def_var", "is_def_fn", "is_shared"] {
-        known.insert(kw.into());
-    }
-    let mut unknown = Vec::new();
-    ast.walk(&mut |path: &[ASTNode]| {
-        let call = match path.last() {
-            Some(ASTNode::Expr(Expr::FnCall(call, pos))) | Some(ASTNode::Stmt(Stmt::FnCall(call, pos))) => {
-                Some((call, pos))
-            }
-            _ => None,
-        };
-        if let Some((call, pos)) = call {
-            let n = call.name.as_str();
-            let is_ident = n.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_');
-            if is_ident && !call.is_qualified() && !known.contains(n) {
-                unknown.push((n.to_string(), *pos));
-            }
-        }
-        true
-    });
-    unknown
 }
 
 /// `chaos-lab run`'s options besides the file and the URL.

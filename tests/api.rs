@@ -166,12 +166,15 @@ async fn openapi_describes_every_route_and_docs_render_it() {
         ("post", "/chaos/run"),
         ("get", "/chaos/runs"),
         ("get", "/chaos/scenarios"),
+        ("post", "/chaos/check"),
+        ("get", "/console"),
     ];
     // Routes with a path parameter: checked against the spec only, not requested.
     let templated = [
         ("get", "/chaos/runs/{id}"),
         ("get", "/chaos/runs/{id}/events"),
         ("get", "/chaos/runs/{id}/report"),
+        ("get", "/chaos/runs/{id}/timeline.svg"),
         ("post", "/chaos/runs/{id}/cancel"),
         ("get", "/chaos/scenarios/{name}"),
         ("delete", "/chaos/faults/{id}"),

@@ -4,6 +4,7 @@
 //! `chaos` depends on `faults` and never on `http`; Rhai types stay inside `engine`.
 
 pub mod catalog;
+pub mod check;
 pub mod engine;
 pub mod guard;
 pub mod loadgen;

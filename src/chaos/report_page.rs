@@ -72,6 +72,11 @@ th{background:#f4f5f7}.ok{color:#1a7f37}.bad{color:#c62828;font-weight:600}\
 .status-failed,.status-aborted,.status-timed_out,.status-interrupted{background:#ffcdd2}.status-cancelled{background:#ffe0b2}\
 .breach{border-left:5px solid #c62828;background:#fdecea;padding:8px 12px;margin:12px 0}svg{max-width:100%;height:auto}";
 
+/// The page's timeline alone, as a standalone SVG document.
+pub fn timeline_svg(r: &RunReport) -> String {
+    svg(&timeline(r))
+}
+
 /// Faults, load and health on one axis.
 fn timeline(r: &RunReport) -> Timeline {
     let end_of_series = r

@@ -4,6 +4,7 @@
 
 mod app;
 mod chaos;
+mod console;
 mod docs;
 pub mod error;
 mod metrics;
@@ -251,6 +252,7 @@ pub fn router(state: AppState) -> Router {
         .merge(docs::router())
         .merge(runs::router())
         .merge(metrics::router())
+        .merge(console::router())
         .layer(middleware::from_fn_with_state(state.clone(), hang_gate))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
@@ -299,13 +301,24 @@ impl opentelemetry::propagation::Extractor for Headers<'_> {
     }
 }
 
-/// An app-scope hang stalls every request here, before it reaches its handler. The kill switch
-/// is the one exception: it must be able to end the hang.
+/// An app-scope hang stalls the app's requests here, before they reach their handler: `/`,
+/// `/health`, `/healthz`, `/metrics` (what users, probes and scrapers see) and unknown paths.
+/// The lab's own controls are not the app and stay reachable, so a hang cannot take the kill
+/// switch, the console or the run API with it: `/chaos/*`, `/console`, `/docs`, `/openapi.json`.
 async fn hang_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if !(req.method() == Method::POST && req.uri().path() == "/chaos/stop") {
+    if !is_lab_control(req.uri().path()) {
         state.faults.hang.gate().await;
     }
     next.run(req).await
+}
+
+/// The paths an app-scope hang does not stall (see [`hang_gate`]).
+fn is_lab_control(path: &str) -> bool {
+    path.starts_with("/chaos/")
+        || path == "/console"
+        || path.starts_with("/console/")
+        || path == "/docs"
+        || path == "/openapi.json"
 }
 
 /// `CHAOS_API_TOKEN`: every `/chaos/*` request except `GET /chaos/status` needs

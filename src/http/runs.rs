@@ -31,6 +31,8 @@ pub fn router() -> Router<AppState> {
         .route("/chaos/runs/{id}", get(get_run))
         .route("/chaos/runs/{id}/events", get(run_events))
         .route("/chaos/runs/{id}/report", get(run_report))
+        .route("/chaos/runs/{id}/timeline.svg", get(run_timeline))
+        .route("/chaos/check", post(check_script))
         .route("/chaos/runs/{id}/cancel", post(cancel_run))
         .route("/chaos/stop", post(kill_switch))
         .route("/chaos/resume", post(resume))
@@ -147,6 +149,23 @@ async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 async fn run_report(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let report = state.runs.report_anywhere(&id).await?;
     Ok(axum::response::Html(crate::chaos::report_page::render(&report)).into_response())
+}
+
+/// The report page's timeline alone, as an SVG document (the console redraws it while a run
+/// goes on; one renderer for both).
+async fn run_timeline(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let report = state.runs.report_anywhere(&id).await?;
+    let svg = crate::chaos::report_page::timeline_svg(&report);
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml"), (header::CACHE_CONTROL, "no-store")], svg).into_response())
+}
+
+/// Checks a script without running it (header, compile, unknown functions); the body is the
+/// script. 200 whatever the verdict: the answer is the list of problems.
+async fn check_script(body: Bytes) -> Result<Json<Value>, ApiError> {
+    let source = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::Unprocessable("the script must be UTF-8 text".into()))?;
+    let problems = crate::chaos::check::check(&source, false);
+    Ok(Json(json!({"ok": problems.is_empty(), "problems": problems})))
 }
 
 /// Replays the run's events so far, then streams the rest live until the run ends.
