@@ -975,8 +975,10 @@
     }
   }
 
-  /** The run ended: render its final state from GET /chaos/runs/{id}. */
+  /** The run ended: render its final state from GET /chaos/runs/{id}, and redraw the timeline
+   *  now rather than at the next tick (its last bands have just closed). */
   async function finalize(sc, ui, st, id, fallback) {
+    loadTimeline(sc, ui, id);
     try {
       renderReport(ui, st, await api("GET", `/chaos/runs/${enc(id)}`, undefined, { signal: sc.signal }));
     } catch (e) {
