@@ -133,7 +133,8 @@ async fn requests_and_runs_are_exported_as_traces_metrics_and_logs() {
     assert_eq!(get(&format!("{url}/health")).await.0, 200);
     let r = http()
         .post(format!("{url}/chaos/run?wait=true"))
-        .body("log(\"hello\");\nhealth();\nsleep(0.1);")
+        // A fault, so the run has an impact to export.
+        .body("log(\"hello\");\nhealth();\nnetwork_block();\nsleep(0.3);\nnetwork_clear();\nsleep(0.1);")
         .send()
         .await
         .unwrap();
@@ -162,6 +163,10 @@ async fn requests_and_runs_are_exported_as_traces_metrics_and_logs() {
             assert_ne!(run.0, trace_id, "a run is a trace of its own");
             let attrs = run.4.to_string();
             assert!(attrs.contains("run_id") && attrs.contains("succeeded"), "run attributes: {attrs}");
+            assert!(
+                ["impact.requests", "impact.failures", "impact.time_to_recover_s"].iter().all(|k| attrs.contains(k)),
+                "run attributes: {attrs}"
+            );
             let step_names: Vec<&str> =
                 s.iter().filter(|x| x.0 == run.0 && x.2 == run.1).map(|x| x.3.as_str()).collect();
             assert!(step_names.contains(&"health") && step_names.contains(&"sleep"), "{step_names:?}");
