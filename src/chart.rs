@@ -569,8 +569,8 @@ fn class_key(kind: &str) -> String {
     if k.is_empty() { "unknown".into() } else { k }
 }
 
-/// Text for SVG content and attribute values.
-fn esc(s: &str) -> String {
+/// Text for SVG or HTML content and attribute values (the pages that embed a chart use it too).
+pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::chart::{Band, Line, Marker, MarkerKind, Panel, Strip, StripSegment, StripState, Threshold, Timeline, svg};
+use crate::chart::{
+    Band, Line, Marker, MarkerKind, Panel, Strip, StripSegment, StripState, Threshold, Timeline, esc, svg,
+};
 
 use super::guard::SAMPLE_S;
 use super::report::RunReport;
@@ -16,10 +18,6 @@ use super::report::RunReport;
 const MAX_STEP_MARKERS: usize = 40;
 /// Log lines listed at most (the journal has them all).
 const MAX_LOG_LINES: usize = 300;
-
-fn esc(t: &str) -> String {
-    t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
-}
 
 /// The page for `r`.
 pub fn render(r: &RunReport) -> String {

@@ -434,7 +434,7 @@ impl Report {
     /// A self-contained HTML page: the figures, the rules and the per-second chart (inline CSS
     /// and SVG; nothing fetched, so it reads the same offline).
     pub fn html(&self) -> String {
-        let esc = |t: &str| t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        use crate::chart::esc;
         let mut rows = String::new();
         for (name, f) in self.endpoints.iter().map(|e| (e.name.as_str(), &e.figures)).chain([("all", &self.totals)]) {
             let _ = write!(
