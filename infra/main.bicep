@@ -54,6 +54,9 @@ param redisHighAvailability string = 'Disabled'
 @description('E-mail address notified when an alert fires. Empty: the alert rules fire without notifying anyone.')
 param alertEmail string = ''
 
+@description('Also deploy the two alert rules as log alerts on Application Insights, beside the platform metric alerts on the container app (docs/observability.md#alerts).')
+param deployLogAlerts bool = false
+
 @minValue(1)
 @maxValue(3)
 @description('Minimum replicas of the container app (at most its 3 maximum). 2 (default) so that the fleet scenarios (replica-hang) have a replica to break and one to keep serving; 1 halves the cost of an idle lab.')
@@ -180,6 +183,8 @@ module permissions 'modules/permissions.bicep' = {
   }
 }
 
+// Metric alerts on the container app's platform metrics; log alerts on Application Insights only
+// with deployLogAlerts. Uses the app's name output, so it starts once the app exists.
 module alerts 'modules/alerts.bicep' = {
   name: 'alerts'
   scope: rg
@@ -187,8 +192,10 @@ module alerts 'modules/alerts.bicep' = {
     location: location
     tags: tags
     resourceToken: resourceToken
+    appName: containerApps.outputs.appName
     applicationInsightsId: monitoring.outputs.applicationInsightsId
     alertEmail: alertEmail
+    deployLogAlerts: deployLogAlerts
   }
 }
 
