@@ -1,6 +1,8 @@
 //! Locust, the load tool of the original lab, runs the shared profiles (`loadtests/profiles/`)
 //! against the real service: the stage plan each profile gives, a short clean run with requests on
-//! every endpoint, and failures on `/health` while Redis is down.
+//! every endpoint, and failures on `/health` while Redis is down. Without `--profile`, the
+//! original lab's command lines (`-u 10 -r 2 -t 5m SteadyLoadUser`) size the run themselves, and
+//! its user classes keep their task weights.
 //!
 //! Needs the Python venv `bash tests/run.sh` creates (`target/py`, from
 //! `loadtests/locust/requirements.txt`), or `LOCUST=/path/to/locust`. Loopback only; each Locust
@@ -184,13 +186,20 @@ impl LocustRun {
 
 /// Runs Locust headless against `host` with `profile`, shrunk by `scale` and `time_scale`.
 async fn run_locust(host: &str, profile: &str, scale: &str, time_scale: &str) -> LocustRun {
+    run_locust_with(host, &["--profile", profile, "--scale", scale, "--time-scale", time_scale]).await
+}
+
+/// Runs `locust -f loadtests/locust/locustfile.py --headless ARGS --host HOST` with CSV stats,
+/// `--only-summary` and exit code 1 on any failure; `args` may end with user class names.
+async fn run_locust_with(host: &str, args: &[&str]) -> LocustRun {
     let out_dir = temp_dir("locust");
     let prefix = out_dir.join("loc");
     let started = Instant::now();
     let child = tokio::process::Command::new(locust())
         .current_dir(repo())
-        .args(["-f", "loadtests/locust/locustfile.py", "--headless", "--host", host, "--profile", profile])
-        .args(["--scale", scale, "--time-scale", time_scale, "--only-summary", "--exit-code-on-error", "1"])
+        .args(["-f", "loadtests/locust/locustfile.py", "--headless"])
+        .args(args)
+        .args(["--host", host, "--only-summary", "--exit-code-on-error", "1"])
         .arg("--csv")
         .arg(&prefix)
         .env_remove("LOADGEN_PROFILE")
@@ -255,4 +264,72 @@ async fn locust_counts_an_unhealthy_health_report_as_a_failure() {
     assert_eq!(run.failures("/health"), run.requests("/health"), "{:?}", run.stats);
     assert!(run.failures.contains("unhealthy"), "failure reason should quote the body: {}", run.failures);
     eprintln!("locust (Redis down): {:?} in {:?}", run.stats, run.took);
+}
+
+// The original lab's command lines (`locust -f locustfile.py --headless -u 10 -r 2 -t 5m
+// SteadyLoadUser`) carry no profile: Locust's -u/-r/-t must size the run. A load shape would
+// ignore them (it would run the whole `staged` profile, 10 minutes, or stop at once), so the run
+// must stop after its 6 s, with only the class named on the command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locust_without_a_profile_honours_users_spawn_rate_and_run_time() {
+    let redis = RedisServer::start();
+    let svc = TestService::start(redis.port, &[]).await;
+
+    let run = run_locust_with(&svc.url, &["-u", "4", "-r", "4", "-t", "6s", "SteadyLoadUser"]).await;
+    assert_eq!(run.code, 0, "locust exit code; failures:\n{}\n{}", run.failures, run.log);
+    assert!(run.took < Duration::from_secs(30), "the -t 6s run took {:?}\n{}", run.took, run.log);
+    assert!(run.took >= Duration::from_secs(5), "the -t 6s run ended after {:?}\n{}", run.took, run.log);
+    assert!(run.log.contains("--run-time limit reached"), "not stopped by -t:\n{}", run.log);
+    assert!(!run.log.contains("Shape test"), "a load shape drove the run:\n{}", run.log);
+    assert!(
+        run.log.contains(r#"All users spawned: {"SteadyLoadUser": 4}"#),
+        "expected 4 SteadyLoadUser users and no other class:\n{}",
+        run.log
+    );
+    assert!(run.requests("/") > 0, "no / requests: {:?}\n{}", run.stats, run.log);
+    assert!(run.requests("Aggregated") > 0, "no requests: {:?}\n{}", run.stats, run.log);
+    assert_eq!(run.failures("Aggregated"), 0, "{:?}\n{}", run.stats, run.failures);
+    eprintln!("locust (-u 4 -r 4 -t 6s SteadyLoadUser): {:?} in {:?}", run.stats, run.took);
+}
+
+// The original lab's classes, with the weights its Locust ran. Its SpikeTestUser added `/` at 10
+// and `/health` at 1 to the base class's 5 and 3 (Locust keeps a base class's tasks).
+#[test]
+fn original_user_classes_keep_their_task_weights() {
+    let out = std::process::Command::new(locust())
+        .current_dir(repo())
+        .args(["-f", "loadtests/locust/locustfile.py", "--show-task-ratio-json"])
+        .args(["SteadyLoadUser", "SpikeTestUser", "ChaosTestUser"])
+        .env_remove("LOADGEN_PROFILE")
+        .env_remove("LOCUST_FAST")
+        .stdin(Stdio::null())
+        .output()
+        .expect("locust runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "locust --show-task-ratio-json failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ratios: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("--show-task-ratio-json printed no JSON ({e}): {stdout}"));
+
+    let expected = [
+        ("SteadyLoadUser", vec![("check_health", 3.0), ("index", 5.0), ("chaos_status", 1.0)]),
+        ("SpikeTestUser", vec![("check_health", 4.0), ("index", 15.0), ("chaos_status", 1.0)]),
+        ("ChaosTestUser", vec![("check_health", 3.0), ("index", 5.0), ("chaos_status", 1.0), ("trigger_load", 1.0)]),
+    ];
+    for (class, weights) in &expected {
+        let tasks =
+            ratios["per_class"][*class]["tasks"].as_object().unwrap_or_else(|| panic!("no class {class} in {ratios}"));
+        assert_eq!(tasks.len(), weights.len(), "{class}: {tasks:?}");
+        let total: f64 = weights.iter().map(|(_, w)| w).sum();
+        for (task, weight) in weights {
+            let ratio = tasks
+                .get(*task)
+                .and_then(|t| t["ratio"].as_f64())
+                .unwrap_or_else(|| panic!("{class}: no task {task} in {tasks:?}"));
+            assert!((ratio - weight / total).abs() < 1e-9, "{class}.{task}: ratio {ratio}, expected {weight}/{total}");
+        }
+    }
 }
