@@ -16,6 +16,7 @@
 //!   `deploy-fault` and `revisions`.
 //! - [`dev_redis`]: a development Redis for a fresh machine, started only when nothing else is
 //!   configured or answering.
+//! - [`duration`]: durations as typed on a command line (`30`, `30s`, `5m`), for both binaries.
 //! - [`child`]: child processes that die with the service (parent-death signal).
 //! - [`telemetry`]: metrics with the original lab's names, also served at `GET /metrics`.
 //! - [`chart`]: the one time-series chart renderer (fault bands, lines, health, markers) as
@@ -31,6 +32,7 @@ pub mod child;
 pub mod cli;
 pub mod config;
 pub mod dev_redis;
+pub mod duration;
 pub mod faults;
 pub mod fleet;
 pub mod http;

@@ -1,6 +1,9 @@
 //! `loadgen` end to end: the real binary runs each shared profile, scaled down, against the real
 //! service (real redis-server); thresholds set the exit code; the open model keeps its clock;
 //! reports from several machines merge; scripts start, stop and cancel it as a child process.
+//! Its command line: goose options that cannot work are hidden and refused, durations take units,
+//! reports are written only where asked, and the live line stays on stderr (on a terminal, or with
+//! `--live`; never with `--quiet`).
 
 mod common;
 
@@ -273,6 +276,213 @@ fn bad_profiles_and_options_are_refused_with_the_reason() {
     {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
+}
+
+#[test]
+fn goose_options_loadgen_cannot_honour_are_hidden_and_refused() {
+    for help_flag in ["--help", "-h"] {
+        let out = loadgen(&[help_flag]).output().unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let help = text(&out);
+        // goose is built without its dashboard, and loadgen runs it without the telnet Controller.
+        for hidden in ["--dashboard", "--telnet", "--no-telnet", "--render-report", "--no-print-metrics"] {
+            assert!(!help.contains(hidden), "{help_flag} lists {hidden}:\n{help}");
+        }
+        let shown = ["--live", "--interval", "--timeout <DURATION>", "--report-file <FILE>", "--no-percentiles-over"];
+        for shown in shown {
+            assert!(help.contains(shown), "{help_flag} lacks {shown}:\n{help}");
+        }
+    }
+    let refused: [(&[&str], &str); 4] = [
+        (&["--dashboard"], "dashboard` feature"),
+        (&["--dashboard-port", "5118"], "dashboard` feature"),
+        (&["--telnet-port", "6116"], "telnet Controller"),
+        (&["--render-report", "report.json"], "loadgen merge REPORT.json --html"),
+    ];
+    for (args, why) in refused {
+        let out = loadgen(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let refusal = format!("{} is not available in loadgen", args[0]);
+        assert!(err.contains(&refusal) && err.contains(why), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn durations_take_units_and_bad_ones_are_refused() {
+    // --print-plan exits before any load, after the command line is parsed and checked.
+    let fine: [&[&str]; 4] = [
+        &["-u", "1", "-t", "1m30s"],
+        &["--timeout", "500ms"],
+        &["--interval", "5s"],
+        &["--threshold", "p95<1s", "--threshold-abort-delay", "1m"],
+    ];
+    for args in fine {
+        let out = loadgen(&[args, &["--print-plan"][..]].concat()).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+    }
+    let refused: [(&[&str], &str); 6] = [
+        (&["-t", "1.5s"], "whole number of seconds"),
+        (&["--timeout", "0s"], "more than 0"),
+        (&["--timeout", "5x"], "500ms, 30s, 5m"),
+        (&["--increase-time", "soon"], "500ms, 30s, 5m"),
+        (&["--interval", "0"], "at least 1s"),
+        (&["--live", "--quiet"], "cannot be used with"),
+    ];
+    for (args, why) in refused {
+        let out = loadgen(&[args, &["--print-plan"][..]].concat()).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains(why), "{args:?}: {}", text(&out));
+    }
+}
+
+/// Waits for `cmd` (stdout and stderr captured), killing it after 60 s.
+fn output_within_a_minute(mut cmd: Command) -> Output {
+    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(60));
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    });
+    drop(killer); // detached: only acts if the run overstays
+    child.wait_with_output().unwrap()
+}
+
+const PROFILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/loadtests/profiles");
+
+/// Runs `loadgen` with `dir` as its working directory (relative report paths land there).
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    let mut cmd = loadgen(args);
+    cmd.args(["--profiles-dir", PROFILES]).current_dir(dir);
+    output_within_a_minute(cmd)
+}
+
+/// The live lines in some output: `[elapsed/total] users N | R rps | p95 P ms | errors E (X%)`.
+fn live_lines(output: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(output)
+        .split(['\n', '\r'])
+        .map(|l| l.trim_start_matches("\x1b[2K").to_string())
+        .filter(|l| l.starts_with('[') && l.contains(" rps | p95 "))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_are_written_only_where_asked_and_the_live_line_stays_on_stderr() {
+    let redis = RedisServer::start();
+    let svc = TestService::start(redis.port, &[]).await;
+    let host = svc.url("");
+    // The open model at 40 requests/s for 3.15 s (sustained: 30 s + 600 s, x 0.005).
+    let open = ["--profile", "sustained", "--time-scale", "0.005", "--rate", "40"];
+    let runs: Vec<(PathBuf, Vec<&'static str>)> = vec![
+        // Closed model sized by goose's own flags, in units (goose itself reads no `5s` timeout);
+        // no report flags; stderr is a pipe, not a terminal.
+        (temp_dir("loadgen-no-reports"), vec!["-u", "2", "-r", "2", "-t", "2s", "--timeout", "5s"]),
+        // Reports asked for by relative paths; the live line forced, beside the JSON progress.
+        (
+            temp_dir("loadgen-reports-asked"),
+            [&open[..], &["--timeout", "1500ms", "--live", "--progress-json"]].concat(),
+        ),
+        (temp_dir("loadgen-quiet"), [&open[..], &["--quiet", "--json", "out/run.json"]].concat()),
+    ];
+    let handles: Vec<_> = runs
+        .into_iter()
+        .enumerate()
+        .map(|(i, (dir, args))| {
+            let host = host.clone();
+            std::thread::spawn(move || {
+                let asked: &[&str] = if i == 1 { &["--json", "run.json", "--report-file", "run.html"] } else { &[] };
+                let out = run_in(&dir, &[&args[..], asked, &["--host", &host]].concat());
+                (dir, out)
+            })
+        })
+        .collect();
+    let results: Vec<(PathBuf, Output)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    fn files(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+    }
+
+    let (dir, out) = &results[0];
+    assert!(out.status.success(), "{}", text(out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("result: PASS") && stdout.contains("reports: none written"), "{stdout}");
+    assert!(files(dir).is_empty(), "nothing asked, nothing written: {:?}", files(dir));
+    assert!(live_lines(&out.stderr).is_empty(), "stderr is not a terminal: {}", text(out));
+
+    let (dir, out) = &results[1];
+    assert!(out.status.success(), "{}", text(out));
+    let mut written = files(dir);
+    written.sort();
+    assert_eq!(written, ["run.html", "run.json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let reports = stdout.lines().find(|l| l.starts_with("reports: ")).unwrap_or_else(|| panic!("{stdout}"));
+    let dir_name = dir.file_name().unwrap().to_str().unwrap();
+    for name in ["run.json", "run.html"] {
+        assert!(reports.contains(&format!("{dir_name}/{name}")), "{reports}");
+    }
+    let live = live_lines(&out.stderr);
+    assert!(live.len() >= 2, "a live line each second: {}", text(out));
+    assert!(live[0].starts_with("[1s/3s] users ") && live[0].contains(" in flight) | "), "{live:?}");
+    let rps: f64 = live[0].split(" | ").nth(1).and_then(|r| r.strip_suffix(" rps")).unwrap().parse().unwrap();
+    assert!((20.0..=60.0).contains(&rps), "the second's rate, 40 requested: {live:?}");
+    assert!(live.iter().all(|l| l.contains("p95 ") && l.ends_with("errors 0 (0.00%)")), "{live:?}");
+    // stdout keeps the JSON progress lines (what the service reads) and the summary.
+    assert!(live_lines(&out.stdout).is_empty(), "{stdout}");
+    assert!(stdout.lines().filter(|l| l.starts_with(r#"{"progress":"#)).count() >= 2, "{stdout}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("progress"), "{}", text(out));
+
+    let (dir, out) = &results[2];
+    assert!(out.status.success(), "{}", text(out));
+    assert!(live_lines(&out.stderr).is_empty(), "--quiet: {}", text(out));
+    assert!(dir.join("out/run.json").is_file(), "--json makes the directory it names: {:?}", files(dir));
+}
+
+/// Runs `loadgen` on a terminal of its own (util-linux `script`); stdout and stderr both go to
+/// the terminal, so the output is what a user sees.
+fn run_on_a_terminal(dir: &Path, args: &[&str]) -> Output {
+    let line: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_loadgen"))
+        .chain(args.iter().copied())
+        .chain(["--profiles-dir", PROFILES])
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect();
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line.join(" "), "/dev/null"])
+        .current_dir(dir)
+        .env_remove("LOADGEN_PROFILES_DIR")
+        .stdin(std::process::Stdio::null());
+    output_within_a_minute(cmd)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_the_live_line_is_rewritten_in_place_unless_quiet() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` (util-linux) to give loadgen a terminal");
+        return;
+    }
+    let redis = RedisServer::start();
+    let svc = TestService::start(redis.port, &[]).await;
+    let host = svc.url("");
+    let dir = temp_dir("loadgen-terminal");
+    let extras: [&[&str]; 2] = [&[], &["--quiet"]];
+    let handles: Vec<_> = extras
+        .into_iter()
+        .map(|extra| {
+            let (dir, host) = (dir.clone(), host.clone());
+            let open = ["--profile", "sustained", "--time-scale", "0.005", "--rate", "40", "--host", &host];
+            let args = [&open[..], extra].concat().into_iter().map(String::from).collect::<Vec<_>>();
+            std::thread::spawn(move || run_on_a_terminal(&dir, &args.iter().map(String::as_str).collect::<Vec<_>>()))
+        })
+        .collect();
+    let outs: Vec<Output> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let seen = String::from_utf8_lossy(&outs[0].stdout).into_owned();
+    assert!(outs[0].status.success(), "{}", text(&outs[0]));
+    assert!(seen.contains("\r\x1b[2K[1s/3s] users "), "the line is rewritten in place: {seen:?}");
+    assert!(live_lines(seen.as_bytes()).len() >= 2, "{seen:?}");
+    let summary = seen.lines().find(|l| l.contains("loadgen: profile sustained")).unwrap_or_else(|| panic!("{seen:?}"));
+    assert!(!summary.contains(" rps | p95 "), "the summary starts on a line of its own: {summary:?}");
+    let quiet = String::from_utf8_lossy(&outs[1].stdout).into_owned();
+    assert!(outs[1].status.success(), "{}", text(&outs[1]));
+    assert!(quiet.contains("result: PASS") && live_lines(quiet.as_bytes()).is_empty(), "--quiet: {quiet:?}");
+    assert!(std::fs::read_dir(&dir).unwrap().next().is_none(), "no report files were asked for");
 }
 
 /// Processes whose command line mentions `needle` (the run id is in the report path).

@@ -5,11 +5,13 @@
 //!
 //! Both models report every finished request to [`LIVE`]: cumulative counters, and the
 //! per-second series (throughput, latency, errors each second) that goes into the report and,
-//! with `--progress-json`, out on stdout as each second ends.
+//! with `--progress-json`, out on stdout as each second ends. The same seconds feed the live
+//! line on stderr (`live.rs`), which never mixes into stdout.
 
 pub mod cli;
 mod closed;
 pub mod histogram;
+mod live;
 mod open;
 pub mod profile;
 pub mod report;
@@ -21,6 +23,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use histogram::Histogram;
+pub(crate) use live::LiveLine;
 use report::Second;
 
 /// What each user does, as the original Locust user did: (request name, path, weight).
@@ -49,8 +52,12 @@ pub(crate) struct Live {
     pub failures: AtomicU64,
     /// Users now: goose users started and not yet stopped, or the open model's stage slots.
     pub users: AtomicU64,
+    /// The open model's requests sent and not yet answered (for the live line).
+    pub in_flight: AtomicU64,
     /// Whether each closed second is printed as a `{"progress": ...}` line (`--progress-json`).
     progress: AtomicBool,
+    /// The live line on stderr, while a run has one (see [`live`]).
+    line: Mutex<Option<LiveLine>>,
     recorder: Recorder,
 }
 
@@ -58,7 +65,9 @@ pub(crate) static LIVE: Live = Live {
     requests: AtomicU64::new(0),
     failures: AtomicU64::new(0),
     users: AtomicU64::new(0),
+    in_flight: AtomicU64::new(0),
     progress: AtomicBool::new(false),
+    line: Mutex::new(None),
     recorder: Recorder::new(),
 };
 
@@ -77,10 +86,12 @@ impl Live {
 /// second; with `print_progress`, each closed second is also printed on stdout as
 /// `{"progress": {"elapsed_s", "users", "requests", "failures", "rps", "second"}}` (the service's
 /// `loadgen()` reads these lines; `requests` and `failures` count from the start, `rps` is the
-/// second's, `second` is the [`Second`] with its histogram).
-pub(crate) fn spawn_series(print_progress: bool) {
+/// second's, `second` is the [`Second`] with its histogram). With `live`, each closed second
+/// also goes to the live line on stderr, until [`take_series`] or [`finish_live`] ends it.
+pub(crate) fn spawn_series(print_progress: bool, live: Option<LiveLine>) {
     let started = Instant::now();
     LIVE.progress.store(print_progress, Ordering::Relaxed);
+    *lock(&LIVE.line) = live;
     LIVE.recorder.start(started);
     tokio::spawn(async move {
         let first = tokio::time::Instant::from_std(started) + Duration::from_secs(1);
@@ -92,7 +103,12 @@ pub(crate) fn spawn_series(print_progress: bool) {
             tick.tick().await;
             let users = LIVE.users.load(Ordering::Relaxed);
             match LIVE.recorder.close(Instant::now(), users, false) {
-                Some(second) => print_progress_line(&second),
+                Some(second) => {
+                    print_progress_line(&second);
+                    if let Some(line) = lock(&LIVE.line).as_mut() {
+                        line.second(&second);
+                    }
+                }
                 None => break, // take_series ended the series
             }
         }
@@ -100,13 +116,25 @@ pub(crate) fn spawn_series(print_progress: bool) {
 }
 
 /// Ends the series: closes the interval still open (the run's last, partial second) and returns
-/// every second, without histograms, for the report. The ticker stops at its next tick.
+/// every second, without histograms, for the report. The ticker stops at its next tick. The
+/// live line ends too (its last, partial interval is not printed: the summary follows).
 pub(crate) fn take_series() -> Vec<Second> {
     let users = LIVE.users.load(Ordering::Relaxed);
     if let Some(second) = LIVE.recorder.close(Instant::now(), users, true) {
         print_progress_line(&second);
     }
+    finish_live();
     LIVE.recorder.take()
+}
+
+/// Ends the live line, if a run has one: nothing more is printed on it, and a line rewritten in
+/// place gets its newline, so an error or the summary starts on a line of its own.
+pub(crate) fn finish_live() {
+    // Taken out under the lock: the ticker, which prints under the same lock, finds none after.
+    let line = lock(&LIVE.line).take();
+    if let Some(mut line) = line {
+        line.finish();
+    }
 }
 
 fn print_progress_line(second: &Second) {

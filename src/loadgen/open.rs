@@ -112,7 +112,9 @@ pub async fn run(host: &str, segments: &[Segment], timeout: Duration) -> Result<
                     if delay.as_secs_f64() * 1000.0 > LATE_MS {
                         shared.late.fetch_add(1, Ordering::Relaxed);
                     }
+                    LIVE.in_flight.fetch_add(1, Ordering::Relaxed);
                     let (ok, code) = send(&client, &url, task == 0).await;
+                    LIVE.in_flight.fetch_sub(1, Ordering::Relaxed);
                     let us = due.elapsed().as_micros() as u64;
                     LIVE.record(task, ok, us);
                     let mut s = shared.stats[task].lock().unwrap();
