@@ -297,3 +297,215 @@ async fn run_streams_the_timeline_and_exits_by_verdict() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("guards[0]: unknown guard option 'unhealthy'"), "{err}");
 }
+
+/// Owned arguments for the binary.
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+/// `s` as it must appear in an XML attribute (what `chaos-lab run --junit` writes).
+fn xml_attr(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
+}
+
+/// Every `&` in `s` starts one of XML's entities or a character reference.
+fn assert_entities(s: &str, xml: &str) {
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        let after = &rest[amp + 1..];
+        let semi = after.find(';').unwrap_or_else(|| panic!("a bare & in {xml}"));
+        let name = &after[..semi];
+        let known = matches!(name, "amp" | "lt" | "gt" | "quot" | "apos")
+            || name.strip_prefix('#').is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        assert!(known, "unknown entity &{name}; in {xml}");
+        rest = &after[semi + 1..];
+    }
+}
+
+/// `name="value"` pairs, each quoted, with valid entities and no `<`, no name twice.
+fn assert_attributes(attrs: &str, xml: &str) {
+    let mut names: Vec<&str> = Vec::new();
+    let mut rest = attrs.trim_start();
+    while !rest.is_empty() {
+        let (name, tail) = rest.split_once("=\"").unwrap_or_else(|| panic!("attribute without a quoted value: {rest}"));
+        assert!(!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{name}: {xml}");
+        assert!(!names.contains(&name), "attribute {name} twice in {xml}");
+        names.push(name);
+        let end = tail.find('"').unwrap_or_else(|| panic!("unterminated attribute {name} in {xml}"));
+        assert!(!tail[..end].contains('<'), "a < in attribute {name} of {xml}");
+        assert_entities(&tail[..end], xml);
+        rest = tail[end + 1..].trim_start();
+    }
+}
+
+/// A small well-formedness check of what `--junit` writes: the XML declaration, one root element,
+/// every element closed in order, attributes quoted, text and attribute values properly escaped.
+fn assert_well_formed_xml(xml: &str) {
+    let body = xml
+        .strip_prefix("<?xml version=\"1.0\" encoding=\"UTF-8\"?>")
+        .unwrap_or_else(|| panic!("no XML declaration: {xml}"));
+    let mut open: Vec<&str> = Vec::new();
+    let mut roots = 0;
+    let mut rest = body;
+    while let Some(lt) = rest.find('<') {
+        let text = &rest[..lt];
+        assert!(!open.is_empty() || text.trim().is_empty(), "text outside the root element: {xml}");
+        assert_entities(text, xml);
+        let gt = lt + rest[lt..].find('>').unwrap_or_else(|| panic!("unclosed tag in {xml}"));
+        let tag = &rest[lt + 1..gt];
+        if let Some(name) = tag.strip_prefix('/') {
+            assert_eq!(open.pop(), Some(name), "</{name}> closes the wrong element in {xml}");
+        } else {
+            let empty = tag.ends_with('/');
+            let tag = tag.trim_end_matches('/');
+            let (name, attrs) = tag.split_once(' ').unwrap_or((tag, ""));
+            assert!(!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric()), "bad tag <{tag}> in {xml}");
+            assert_attributes(attrs, xml);
+            if open.is_empty() {
+                roots += 1;
+            }
+            if !empty {
+                open.push(name);
+            }
+        }
+        rest = &rest[gt + 1..];
+    }
+    assert!(rest.trim().is_empty(), "text after the root element: {xml}");
+    assert!(open.is_empty(), "unclosed elements {open:?} in {xml}");
+    assert_eq!(roots, 1, "{xml}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_by_name_writes_the_journal_and_a_junit_file() {
+    const TOKEN: &str = "cli-junit-token-0123";
+    let redis = RedisServer::start();
+    let scenarios = repo_scenarios();
+    let svc = TestService::start(redis.port, &["--chaos-api-token", TOKEN, "--scenarios-dir", &scenarios]).await;
+    let dir = temp_dir("cli-junit");
+    let path = |name: &str| dir.join(name).display().to_string();
+    let run = |target: String, extra: Vec<String>| {
+        let url = svc.url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN).args(["run", &target, "--url", &url, "--token", TOKEN]).args(extra).output().unwrap()
+        })
+    };
+    let read_json = |file: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap_or_else(|e| panic!("{file}: {e}"))
+    };
+
+    // A shipped scenario by name, as a dry run: flaky-redis passes without anything applied.
+    let (journal, junit) = (path("flaky-redis.json"), path("flaky-redis.xml"));
+    let mut args = strings(&["--dry-run", "--journal", journal.as_str(), "--junit", junit.as_str()]);
+    for p in ["rounds=2", "latency_ms=50", "requests=2", "pause_s=0.2", "recover_timeout_s=10"] {
+        args.extend(strings(&["--param", p]));
+    }
+    let out = run("flaky-redis".into(), args).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("dry run: not applied"), "{text}");
+    let j = read_json(&journal);
+    let id = j["run_id"].as_str().unwrap().to_string();
+    assert!(text.contains(&format!("run {id} started (dry run)")), "{text}");
+    assert!(text.contains(&format!("run {id}: succeeded")), "{text}");
+    assert_eq!(j["status"], "succeeded", "{j:#}");
+    assert_eq!(j["scenario"], "flaky-redis");
+    assert_eq!(j["dry_run"], true);
+    assert_eq!(j["params"]["rounds"], 2);
+    let served: serde_json::Value = http()
+        .get(svc.url(&format!("/chaos/runs/{id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for key in ["run_id", "status", "verdict", "reason", "expectations", "steps"] {
+        assert_eq!(served[key], j[key], "{key}");
+    }
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_well_formed_xml(&xml);
+    let expectations = j["expectations"].as_array().unwrap();
+    let n = expectations.len();
+    assert!(n >= 2, "{j:#}");
+    assert_eq!(xml.matches("<testcase ").count(), n, "{xml}");
+    assert!(xml.contains(&format!("<testsuite name=\"flaky-redis\" tests=\"{n}\" failures=\"0\"")), "{xml}");
+    assert!(xml.contains(&format!("time=\"{:.3}\"", j["duration_s"].as_f64().unwrap())), "{xml}");
+    for x in expectations {
+        let name = xml_attr(x["message"].as_str().unwrap());
+        assert!(xml.contains(&format!("<testcase classname=\"flaky-redis\" name=\"{name}\"/>")), "{name}: {xml}");
+    }
+    assert!(!xml.contains("<failure"), "{xml}");
+
+    // A failing expect(): a <failure> with the message, exit 1; a duration with a unit is taken.
+    let failing = dir.join("failing.rhai");
+    std::fs::write(
+        &failing,
+        "expect(true, \"baseline\");\nexpect(1 > 2, \"one is <more> than two & 'that' fails\");\n",
+    )
+    .unwrap();
+    let (journal, junit) = (path("failing.json"), path("failing.xml"));
+    let args = strings(&["--timeout-seconds", "5m", "--journal", journal.as_str(), "--junit", junit.as_str()]);
+    let out = run(failing.display().to_string(), args).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("expect FAILED: one is <more> than two"), "{text}");
+    let j = read_json(&journal);
+    assert_eq!(j["status"], "failed", "{j:#}");
+    assert_eq!(j["timeout_seconds"], 300);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_well_formed_xml(&xml);
+    assert!(xml.contains("<testsuite name=\"failing\" tests=\"2\" failures=\"1\""), "{xml}");
+    assert_eq!(xml.matches("<testcase ").count(), 2, "{xml}");
+    assert!(xml.contains("<testcase classname=\"failing\" name=\"baseline\"/>"), "{xml}");
+    let message = xml_attr("one is <more> than two & 'that' fails");
+    assert!(xml.contains(&format!("<failure message=\"{message}\" type=\"expect\">")), "{xml}");
+    assert!(!xml.contains("name=\"run\""), "a failed expect() alone adds no run testcase: {xml}");
+
+    // Timed out (--timeout, 1s): the run's own failed testcase carries the reason.
+    let slow = dir.join("slow.rhai");
+    std::fs::write(&slow, "expect(true, \"started\");\nsleep(30);\n").unwrap();
+    let (journal, junit) = (path("slow.json"), path("slow.xml"));
+    let args = strings(&["--timeout", "1s", "--journal", journal.as_str(), "--junit", junit.as_str()]);
+    let out = run(slow.display().to_string(), args).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let j = read_json(&journal);
+    assert_eq!(j["status"], "timed_out", "{j:#}");
+    assert_eq!(j["timeout_seconds"], 1);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert_well_formed_xml(&xml);
+    assert!(xml.contains("<testsuite name=\"slow\" tests=\"2\" failures=\"1\""), "{xml}");
+    assert!(xml.contains("<testcase classname=\"slow\" name=\"started\"/>"), "{xml}");
+    assert!(xml.contains("<testcase classname=\"slow\" name=\"run\">"), "{xml}");
+    assert!(xml.contains("<failure message=\"the run exceeded its timeout_seconds\" type=\"timed_out\">"), "{xml}");
+
+    // Refused: an unknown scenario, an undeclared parameter; the service's message, exit 2.
+    let out = run("no-such-scenario".into(), vec![]).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("no scenario named 'no-such-scenario'; known: ") && err.contains("flaky-redis"), "{err}");
+    let out = run("flaky-redis".into(), strings(&["--param", "nope=1"])).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("scenario 'flaky-redis' has no parameter 'nope'"), "{err}");
+}
+
+#[test]
+fn duration_flags_refuse_nonsense_with_the_accepted_forms() {
+    // clap wraps long lines; compare with the whitespace folded.
+    let refused = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    let err = refused(&["run", "anything.rhai", "--timeout-seconds", "5x"]);
+    assert!(err.contains("invalid value '5x' for '--timeout-seconds <DURATION>'"), "{err}");
+    assert!(err.contains("'5x' is not a duration: use seconds (30), or a number with a unit: 500ms, 30s, 5m"), "{err}");
+    let err = refused(&["run", "anything.rhai", "--timeout", "1.5s"]);
+    assert!(err.contains("'1.5s' must be a whole number of seconds"), "{err}");
+    let err = refused(&["network", "inject", "--duration", "5x"]);
+    assert!(err.contains("'5x' is not a duration"), "{err}");
+    let err = refused(&["network", "inject", "--duration", "25h"]);
+    assert!(err.contains("'25h' is out of range"), "{err}");
+}
