@@ -612,36 +612,105 @@ impl Fleet {
     }
 
     /// `GET /chaos/status` → `fleet`.
-    pub fn status(&self) -> Value {
+    pub fn status(&self) -> FleetStatus {
         let view = self.view.lock().unwrap();
         let Some(store) = self.store() else {
-            let me = json!([{"name": self.name, "self": true, "last_seen": crate::timestamp()}]);
-            let store = if self.shared { json!("not open yet") } else { Value::Null };
-            return json!({"store": store, "replica": self.name, "replicas": me, "error": view.error});
+            let me =
+                ReplicaView { name: self.name.clone(), is_self: true, last_seen: crate::timestamp(), faults: None };
+            return FleetStatus {
+                store: self.shared.then(|| "not open yet".to_string()),
+                replica: self.name.clone(),
+                replicas: vec![me],
+                error: view.error.clone(),
+                store_calls: None,
+            };
         };
         // This replica's own fault count, and the others' from their last heartbeat read.
         let mine = self.local.get().map(|l| l.ledger.list().len() as u64);
-        let mut replicas: Vec<Value> = view
+        let mut replicas: Vec<ReplicaView> = view
             .seen
             .iter()
             .filter(|(_, (_, at, _))| at.elapsed() < LIVE_FOR)
             .map(|(name, (_, _, seen))| {
                 let me = *name == self.name;
-                {
-                    let faults = if me { mine } else { view.counts.get(name).map(|(n, _)| *n) };
-                    json!({"name": name, "self": me, "last_seen": crate::format_timestamp(*seen), "faults": faults})
-                }
+                let faults = if me { mine } else { view.counts.get(name).map(|(n, _)| *n) };
+                ReplicaView { name: name.clone(), is_self: me, last_seen: crate::format_timestamp(*seen), faults }
             })
             .collect();
-        replicas.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-        json!({"store": store.describe(), "replica": self.name, "replicas": replicas, "error": view.error, "store_calls": store.calls()})
+        replicas.sort_by(|a, b| a.name.cmp(&b.name));
+        FleetStatus {
+            store: Some(store.describe()),
+            replica: self.name.clone(),
+            replicas,
+            error: view.error.clone(),
+            store_calls: Some(store.calls()),
+        }
     }
 }
 
 /// An in-process fault meant for other replicas: `fleet/faults/<id>.json`. Each target applies
 /// its share through its own ledger (owner `fleet:<id>`, the same lease) and undoes it when the
 /// blob is gone or the lease ends. The origin's ledger entry (`Undo::Fleet`) deletes the blob.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The fleet as `GET /chaos/status` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct FleetStatus {
+    /// The chaos store (`CHAOS_STORE_URL` without its query); null for a replica alone.
+    pub store: Option<String>,
+    /// This replica's name.
+    pub replica: String,
+    /// Live replicas (a heartbeat within the last ~10 s), by name.
+    pub replicas: Vec<ReplicaView>,
+    /// The last store error, if the store is failing.
+    pub error: Option<String>,
+    /// Calls made to the store so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store_calls: Option<u64>,
+}
+
+/// One live replica.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplicaView {
+    pub name: String,
+    /// The replica answering.
+    #[serde(rename = "self")]
+    pub is_self: bool,
+    pub last_seen: String,
+    /// Faults its ledger held at its last heartbeat (unknown until one was read).
+    pub faults: Option<u64>,
+}
+
+/// The JSON forms of a `replicas` field, for the API description ([`Selector::parse`] reads
+/// them): `"self"` (or absent, or null), `"all"`, a count, a share or a list of names.
+pub struct ReplicaSelector;
+
+impl utoipa::PartialSchema for ReplicaSelector {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Type};
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        OneOfBuilder::new()
+            .item(
+                string().enum_values(Some(["self", "all"])).description(Some("This replica alone, or every live one.")),
+            )
+            .item(string().pattern(Some("^(100|[1-9][0-9]?)%$")).description(Some("A share of the live replicas.")))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1))
+                    .description(Some("A number of replicas.")),
+            )
+            .item(ArrayBuilder::new().items(string()).min_items(Some(1)).description(Some("Replica names.")))
+            .item(ObjectBuilder::new().schema_type(Type::Null).description(Some("This replica alone.")))
+            .description(Some(
+                "Which replicas: \"self\" (the default), \"all\", a count such as 2, a share such as \"50%\", or a \
+                 list of replica names; resolved against live heartbeats when applied.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ReplicaSelector {}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FleetFault {
     pub id: String,
     /// `load`, `hang` or `redis_reset`.

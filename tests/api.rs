@@ -67,7 +67,10 @@ async fn health_reports_latency_and_liveness_never_touches_redis() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "healthy");
     assert_eq!(body["redis"]["connected"], true);
-    assert!(body["redis"]["latency_ms"].as_f64().unwrap() >= 0.0);
+    // An integer, as the original lab sent it (typed clients parse it as int); micros beside it.
+    assert!(body["redis"]["latency_ms"].is_u64(), "latency_ms is not an integer: {body}");
+    let us = body["redis"]["latency_us"].as_u64().expect("latency_us");
+    assert_eq!(body["redis"]["latency_ms"].as_u64().unwrap(), (us as f64 / 1000.0).round() as u64);
 
     redis.stop();
     let (status, body) = get(&svc.url("/healthz")).await;

@@ -51,6 +51,8 @@ async fn load_starts_conflicts_counts_down_and_expires() {
         .await,
         "load did not expire"
     );
+    // Idle, the level is "none" as in the original lab (not null).
+    assert_eq!(get(&svc.url("/chaos/status")).await.1["load"]["level"], "none");
     let (status, _) = post(&svc.url("/chaos/load"), r#"{"level": "low", "duration_seconds": 1}"#).await;
     assert_eq!(status, 200, "a new load can start once the last one ended");
 }

@@ -33,7 +33,8 @@ if [ ! -x target/node/node_modules/.bin/azurite-blob ]; then
   npm install --prefix target/node --no-audit --no-fund --loglevel=error azurite@3 >/dev/null
 fi
 
-# Python tools in a venv under target/: Locust (tests/locust.rs runs it) and the infra checks.
+# Python tools in a venv under target/: Locust (tests/locust.rs runs it), schemathesis
+# (tests/openapi.rs runs it) and the infra checks.
 command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
 py=target/py
 if [ ! -x "$py/bin/pip" ]; then
@@ -41,7 +42,7 @@ if [ ! -x "$py/bin/pip" ]; then
   python3 -m venv "$py" 2>/dev/null || { apt_install python3-venv; rm -rf "$py"; python3 -m venv "$py"; }
 fi
 "$py/bin/pip" install --quiet --disable-pip-version-check \
-  -r loadtests/locust/requirements.txt -r tests/infra/requirements.txt
+  -r loadtests/locust/requirements.txt -r tests/infra/requirements.txt -r tests/requirements.txt
 PATH="$PWD/$py/bin:$PATH" bash tests/infra/check.sh   # Dockerfile lint, Bicep syntax, azd outputs
 
 jobs="${CARGO_JOBS:-2}"

@@ -339,9 +339,84 @@ async fn events_stream_delivers_steps_in_order() {
         .collect();
     assert_eq!(seqs, vec![1, 1, 2, 2, 3, 3]);
 
+    // Every event carries an SSE id: 1, 2, … in stream order, and `end` on the final one.
+    let ids: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    let expected: Vec<String> = (1..names.len()).map(|n| n.to_string()).chain(["end".to_string()]).collect();
+    assert_eq!(ids, expected, "{text}");
+
     // A finished run's stream is one event holding the whole report.
     let text = http().get(svc.url(&format!("/chaos/runs/{id}/events"))).send().await.unwrap().text().await.unwrap();
     assert!(text.starts_with("event: run_finished"), "{text}");
+    assert!(text.contains("id: end"), "{text}");
+    // A client that has the end is told to stop reconnecting (EventSource closes on 204).
+    let again =
+        http().get(svc.url(&format!("/chaos/runs/{id}/events"))).header("last-event-id", "end").send().await.unwrap();
+    assert_eq!(again.status(), 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_resume_after_last_event_id_without_replaying() {
+    let redis = RedisServer::start();
+    let svc = service(&redis, &[]).await;
+    let script = "log(\"one\");\nlog(\"two\");\nlog(\"three\");\nsleep(1.5);\nlog(\"four\");";
+    let id = start_run(&svc, json!({"script": script})).await;
+    // Reconnect as EventSource would after having event 3 (the second log line).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resp =
+        http().get(svc.url(&format!("/chaos/runs/{id}/events"))).header("last-event-id", "3").send().await.unwrap();
+    let text = tokio::time::timeout(Duration::from_secs(10), resp.text()).await.expect("stream ends").unwrap();
+    let ids: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids.first(), Some(&"4"), "resumes after id 3: {text}");
+    assert!(!text.contains("\"one\"") && !text.contains("\"two\""), "replayed what the client had: {text}");
+    assert!(text.contains("\"three\"") && text.contains("\"four\""), "{text}");
+    assert_eq!(ids.last(), Some(&"end"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_location_header_and_runs_list_pages_with_a_cursor() {
+    let redis = RedisServer::start();
+    let svc = service(&redis, &[]).await;
+    let r = http().post(svc.url("/chaos/run")).json(&json!({"script": "log(1);"})).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let id = r.json::<serde_json::Value>().await.unwrap()["run_id"].as_str().unwrap().to_string();
+    assert_eq!(location, format!("/chaos/runs/{id}"));
+    assert_eq!(get(&svc.url(&location)).await.0, 200);
+    wait_run(&svc, &id, Duration::from_secs(10)).await;
+    for _ in 0..4 {
+        run_and_wait(&svc, json!({"script": "log(1);"})).await;
+    }
+    // Five runs, pages of two: 2 + 2 + 1, newest first, none twice.
+    let mut seen = Vec::new();
+    let mut url = svc.url("/chaos/runs?limit=2");
+    let mut pages = 0;
+    loop {
+        let r = http().get(&url).send().await.unwrap();
+        let link = r.headers().get("link").map(|v| v.to_str().unwrap().to_string());
+        let v: serde_json::Value = r.json().await.unwrap();
+        pages += 1;
+        seen.extend(v["runs"].as_array().unwrap().iter().map(|r| r["run_id"].as_str().unwrap().to_string()));
+        match v["next_cursor"].as_str() {
+            Some(c) => {
+                assert!(link.unwrap().contains(&format!("cursor={c}")));
+                url = svc.url(&format!("/chaos/runs?limit=2&cursor={c}"));
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let mut sorted = seen.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    sorted.dedup();
+    assert_eq!(seen, sorted, "newest first, no run twice");
+    assert_eq!(seen.len(), 5);
+    for bad in ["0", "1001", "two"] {
+        let (status, body) = get(&svc.url(&format!("/chaos/runs?limit={bad}"))).await;
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert!(body["detail"].as_str().unwrap().contains("'limit'"), "{body}");
+    }
+    let (status, body) = get(&svc.url("/chaos/runs?cursor=..%2Fetc")).await;
+    assert_eq!(status, 422, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

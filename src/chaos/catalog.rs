@@ -29,7 +29,7 @@ use super::sandbox;
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One declared parameter.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ParamDecl {
     pub name: String,
     pub default: Value,
@@ -37,7 +37,7 @@ pub struct ParamDecl {
 }
 
 /// One scenario file.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Scenario {
     pub name: String,
     pub file: String,

@@ -28,7 +28,7 @@ pub const SAMPLE_S: f64 = 1.0;
 const KEYS: &str = "p95_ms, error_rate_pct, window_s, min_requests, unhealthy_s";
 
 /// One guard, as declared (request, scenario header or `guard()`), with where it came from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Guard {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p95_ms: Option<f64>,
@@ -77,6 +77,30 @@ pub struct WindowFigures {
     pub failures: u64,
     pub p95_ms: f64,
     pub error_rate_pct: f64,
+}
+
+/// A guard as a request gives it (`guards[i]` of `POST /chaos/run`), for the API description;
+/// [`Guard::from_json`] reads it, the same code as for a scenario header or a script's map. At
+/// least one of `p95_ms`, `error_rate_pct` and `unhealthy_s`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // a schema only
+pub struct GuardRequest {
+    /// Abort when the window's p95 latency is over this (ms).
+    #[schema(exclusive_minimum = 0)]
+    p95_ms: Option<f64>,
+    /// Abort when the window's failures are over this share of its requests (%).
+    #[schema(minimum = 0, exclusive_maximum = 100)]
+    error_rate_pct: Option<f64>,
+    /// The sliding window, in seconds (default 10).
+    #[schema(minimum = 1, maximum = 3600)]
+    window_s: Option<u64>,
+    /// Requests the window needs before the latency and error guards judge (default 10).
+    #[schema(minimum = 1)]
+    min_requests: Option<u64>,
+    /// Abort when `/health` has not been healthy for this long (s).
+    #[schema(exclusive_minimum = 0, maximum = 3600)]
+    unhealthy_s: Option<f64>,
 }
 
 impl Guard {

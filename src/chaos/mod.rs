@@ -85,7 +85,7 @@ pub struct Runs {
 /// How many runs of other replicas `GET /chaos/runs` reads from the store at most.
 const REMOTE_LIST_LIMIT: usize = 200;
 
-fn valid_run_id(id: &str) -> bool {
+pub fn valid_run_id(id: &str) -> bool {
     !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
@@ -108,7 +108,7 @@ async fn publish_while_running(store: Arc<dyn crate::chaos_store::ChaosStore>, r
         if events.len() != published || ended {
             let journal = serde_json::to_vec(&run.snapshot()).unwrap_or_default();
             let list: Vec<Value> =
-                events.iter().map(|e| serde_json::json!({"event": e.name, "data": e.data})).collect();
+                events.iter().map(|e| serde_json::json!({"event": e.name, "data": e.data, "id": e.seq})).collect();
             let events_body = serde_json::to_vec(&list).unwrap_or_default();
             let ok = store.put(&format!("runs/{}.json", run.id), journal, Write::Overwrite).await.is_ok()
                 && store.put(&format!("runs/{}.events.json", run.id), events_body, Write::Overwrite).await.is_ok();
@@ -450,7 +450,7 @@ impl Runs {
             list.into_iter()
                 .filter_map(|v| {
                     let name = report::event_name(v["event"].as_str()?)?;
-                    Some(report::Event { name, data: v["data"].clone() })
+                    Some(report::Event { name, data: v["data"].clone(), seq: v["id"].as_u64() })
                 })
                 .collect(),
         )

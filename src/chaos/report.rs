@@ -53,7 +53,7 @@ impl Default for RunLimits {
 
 /// What the caps of [`RunLimits`] dropped from a run, as counts. Absent from a report (and from
 /// journals written before caps existed) when nothing was dropped.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Truncated {
     /// Log lines dropped (RUN_MAX_LOG_LINES or RUN_MAX_LOG_BYTES reached).
@@ -71,7 +71,7 @@ pub struct Truncated {
 }
 
 /// Where a run is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Running,
@@ -119,7 +119,7 @@ impl StopReason {
 }
 
 /// A position in the script.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct ScriptError {
     pub message: String,
     pub line: Option<usize>,
@@ -127,7 +127,7 @@ pub struct ScriptError {
 }
 
 /// One script call in the timeline.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Step {
     pub seq: usize,
     pub name: String,
@@ -144,7 +144,7 @@ pub struct Step {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     pub at: String,
     pub offset_s: f64,
@@ -152,7 +152,7 @@ pub struct LogLine {
     pub message: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Expectation {
     pub ok: bool,
     pub message: String,
@@ -161,7 +161,7 @@ pub struct Expectation {
 }
 
 /// One undo performed when the run ended.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UndoRecord {
     pub action: String,
     pub ok: bool,
@@ -173,7 +173,7 @@ pub struct UndoRecord {
 }
 
 /// A fault of an interrupted run that the next start undid (or failed to).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Recovered {
     pub fault: String,
     pub kind: String,
@@ -184,7 +184,7 @@ pub struct Recovered {
 
 /// What the run saw each second: the load its generators put on the service and the service's
 /// own health.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Series {
     /// One point per second per load generator, in time order.
@@ -194,7 +194,7 @@ pub struct Series {
 }
 
 /// One second of one load generator; `t` is the run's offset at the end of that second.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoadPoint {
     /// The script's name for the generator (`loadgen-1`, ...).
     pub loadgen: String,
@@ -203,7 +203,7 @@ pub struct LoadPoint {
 }
 
 /// What `/health` said at run offset `t`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HealthPoint {
     pub t: f64,
     /// `healthy`, `unhealthy` (an answer that says so) or `unreachable` (no answer within the
@@ -216,7 +216,7 @@ pub struct HealthPoint {
 
 /// When one of the run's faults was on: applied at `applied_s`, undone at `undone_s` (run
 /// offsets). The ledger does the undo; this is only what the report draws.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FaultSpan {
     pub fault_id: String,
     pub kind: String,
@@ -230,7 +230,7 @@ pub struct FaultSpan {
 }
 
 /// The guard breach that aborted a run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Breach {
     pub at: String,
     pub offset_s: f64,
@@ -245,7 +245,7 @@ pub struct Breach {
 }
 
 /// What the run did to users, from its series; computed when a run applied faults.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Impact {
     /// First fault applied → first breach or first unhealthy sample; none if neither happened.
     pub time_to_detect_s: Option<f64>,
@@ -266,7 +266,7 @@ pub struct Impact {
 }
 
 /// The whole story of a run; also its journal on disk.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunReport {
     pub run_id: String,
     pub scenario: Option<String>,
@@ -316,7 +316,7 @@ pub struct RunReport {
 }
 
 /// The short form `GET /chaos/runs` lists.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RunSummary {
     pub run_id: String,
     pub scenario: Option<String>,
@@ -364,6 +364,9 @@ pub fn event_name(name: &str) -> Option<&'static str> {
 pub struct Event {
     pub name: &'static str,
     pub data: serde_json::Value,
+    /// The event's place in the run's stream (1, 2, …, dropped events counted), the SSE `id`
+    /// a client resumes from; `None` for notices the stream adds itself (`lagged`).
+    pub seq: Option<u64>,
 }
 
 /// Events that are replayed whatever the caps: the stream of a late subscriber starts with
@@ -410,6 +413,8 @@ struct Replay {
     /// Events not kept once the buffer was full; from the first one on, only
     /// [`ALWAYS_REPLAYED`] events are kept, so the replay is a prefix of the stream.
     dropped: u64,
+    /// Events emitted so far, kept or not: the last `seq` given.
+    emitted: u64,
     live: broadcast::Sender<Event>,
 }
 
@@ -426,7 +431,13 @@ impl RunShared {
             started: Instant::now(),
             limits,
             report: Mutex::new(kept),
-            events: Mutex::new(Replay { kept: Vec::new(), bytes: 0, dropped: 0, live: broadcast::channel(1024).0 }),
+            events: Mutex::new(Replay {
+                kept: Vec::new(),
+                bytes: 0,
+                dropped: 0,
+                emitted: 0,
+                live: broadcast::channel(1024).0,
+            }),
             stop: watch::channel(None).0,
             done: watch::channel(false).0,
             abort_rollbacks: watch::channel(false).0,
@@ -569,7 +580,8 @@ impl RunShared {
         let size = json_len(&data);
         let dropped = {
             let mut r = self.events.lock().unwrap();
-            let event = Event { name, data };
+            r.emitted += 1;
+            let event = Event { name, data, seq: Some(r.emitted) };
             let fits = r.dropped == 0
                 && r.kept.len() < self.limits.max_events
                 && r.bytes.saturating_add(size) <= self.limits.max_event_bytes;
@@ -595,6 +607,7 @@ impl RunShared {
         let mut past = r.kept.clone();
         if r.dropped > 0 {
             let gap = Event {
+                seq: None,
                 name: "lagged",
                 data: json!({
                     "missed_events": r.dropped,

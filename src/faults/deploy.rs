@@ -26,7 +26,7 @@ pub const APP_API_VERSION: &str = "2024-03-01";
 pub const WRONG_IMAGE: &str = "nginx:alpine";
 
 /// Which broken revision to make.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeployFaultKind {
     /// Runs nginx:alpine instead of the service.
@@ -53,7 +53,7 @@ impl DeployFaultKind {
 }
 
 /// A broken revision that was created, and what to restore.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeployFault {
     pub kind: DeployFaultKind,
     pub app: String,

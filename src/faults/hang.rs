@@ -18,7 +18,7 @@ use super::load::ceil_secs;
 pub const MAX_HANG_SECONDS: i64 = 86_400;
 
 /// Who stalls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum HangScope {
     App,
@@ -47,7 +47,7 @@ struct State {
 }
 
 /// What `/chaos/status` shows of the hang.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct HangStatus {
     pub active: bool,
     pub scope: Option<HangScope>,

@@ -54,7 +54,7 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
 const KEEP_UNDONE: usize = 500;
 
 /// The kinds of fault the ledger holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
     Load,
@@ -68,7 +68,7 @@ pub enum FaultKind {
 }
 
 /// Where an entry is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EntryState {
     Applying,
@@ -79,7 +79,7 @@ pub enum EntryState {
 }
 
 /// How to undo one fault: data only, so it survives the process in the ledger file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Undo {
     /// The load with this id (in-process).
@@ -101,7 +101,7 @@ pub enum Undo {
 }
 
 /// One fault in the ledger, as `/chaos/status.faults` and `GET /chaos/faults` show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {
     pub id: String,
     pub kind: FaultKind,
@@ -127,7 +127,7 @@ pub struct Entry {
 }
 
 /// What one undo did, for a run's undo list and the kill switch's answer.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Outcome {
     pub fault_id: String,
     pub kind: FaultKind,
@@ -140,7 +140,7 @@ pub struct Outcome {
 }
 
 /// The latch the kill switch sets.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Halt {
     pub at: String,
     pub by: String,

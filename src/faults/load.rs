@@ -21,7 +21,7 @@ const DUTY_PERIOD: Duration = Duration::from_millis(20);
 const MIB: usize = 1024 * 1024;
 
 /// How hard a load pushes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LoadLevel {
     Low,
@@ -59,14 +59,24 @@ impl LoadLevel {
 }
 
 /// What `/chaos/status` shows of the load.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct LoadStatus {
     /// Identifies one load, so a run undoes only the load it started.
     #[serde(skip)]
     pub id: u64,
     pub active: bool,
+    /// `low`, `medium` or `high`; `none` when idle, as the original lab said.
+    #[serde(serialize_with = "level_or_none")]
+    #[schema(value_type = String, pattern = "^(none|low|medium|high)$")]
     pub level: Option<LoadLevel>,
     pub remaining_seconds: u64,
+}
+
+fn level_or_none<S: serde::Serializer>(level: &Option<LoadLevel>, s: S) -> Result<S::Ok, S::Error> {
+    match level {
+        Some(l) => serde::Serialize::serialize(l, s),
+        None => s.serialize_str("none"),
+    }
 }
 
 struct Active {

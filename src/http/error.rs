@@ -83,6 +83,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The body of every 4xx and 5xx response (but `/health`'s 503, its own health report).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// The HTTP reason phrase (`Bad Request`, `Unprocessable Entity`, …).
+    pub error: String,
+    /// What went wrong and, where it can, what to do: the field, the limit, the script line.
+    pub detail: String,
+    pub timestamp: String,
+    /// The request's `X-Request-ID` (given or generated), also in the service's logs.
+    pub request_id: String,
+    /// A script that does not compile (400 from `POST /chaos/run`): where, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>)]
+    pub line: Option<Option<u64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>)]
+    pub column: Option<Option<u64>>,
+}
+
 /// JSON body extractor for the chaos endpoints: an empty body means "all defaults", any
 /// content type is read as JSON, and a bad body is a 422 naming the field.
 pub struct JsonBody<T>(pub T);
@@ -105,6 +125,13 @@ where
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self(T::default()));
         }
+        // serde reads a struct from a JSON array too (`[]` would mean "all defaults"): only an
+        // object is a body.
+        if !bytes.trim_ascii_start().starts_with(b"{")
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok()
+        {
+            return Err(ApiError::Unprocessable("Invalid JSON body: expected a JSON object".into()));
+        }
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
         serde_path_to_error::deserialize(de).map(JsonBody).map_err(|e| {
             let path = e.path().to_string();
@@ -116,6 +143,25 @@ where
                 ApiError::Unprocessable(format!("Invalid value for field '{path}': {inner}"))
             }
         })
+    }
+}
+
+/// Query-string extractor: a malformed query (a wrong type, a repeated key) is a 422 naming it,
+/// as a malformed body is, instead of axum's plain-text 400.
+pub struct QueryParams<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for QueryParams<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e| ApiError::Unprocessable(format!("Invalid query string: {}", e.body_text())))
     }
 }
 
@@ -151,15 +197,18 @@ pub async fn envelope(req: Request, next: Next) -> Response {
     } else {
         tracing::debug!(status = status.as_u16(), %detail, "request rejected");
     }
-    let mut body = serde_json::json!({
-        "error": status.canonical_reason().unwrap_or("Error"),
-        "detail": detail,
-        "timestamp": crate::timestamp(),
-        "request_id": request_id,
-    });
-    if let Some(serde_json::Value::Object(x)) = extra {
-        body.as_object_mut().expect("envelope is an object").extend(x);
-    }
+    let (line, column) = match &extra {
+        Some(x) => (x["line"].as_u64(), x["column"].as_u64()),
+        None => (None, None),
+    };
+    let body = ErrorBody {
+        error: status.canonical_reason().unwrap_or("Error").to_string(),
+        detail,
+        timestamp: crate::timestamp(),
+        request_id,
+        line: extra.as_ref().map(|_| line),
+        column: extra.as_ref().map(|_| column),
+    };
     let mut out = (status, axum::Json(body)).into_response();
     // Keep headers such as Allow (405) and Retry-After that the original response carried.
     for (name, value) in res.headers() {

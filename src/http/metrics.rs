@@ -1,22 +1,28 @@
 //! `GET /metrics`: every metric in the Prometheus text format. Gauges of current state are
 //! sampled here, at scrape time, from the same sources `/chaos/status` reads.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use opentelemetry::KeyValue;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 use crate::faults::network::NetworkFaultKind;
 use crate::store::LinkState;
 use crate::telemetry;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(scrape))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(scrape))
 }
 
+/// Prometheus metrics
+///
+/// Every metric in the Prometheus text format, the original lab's names included; gauges of
+/// current state are sampled at scrape time. Stalls during an app-scope hang.
+#[utoipa::path(get, path = "/metrics", tag = "docs", operation_id = "metrics",
+    responses((status = 200, description = "The metrics.", content_type = "text/plain", body = String)))]
 async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
     sample_gauges(&state);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], telemetry::prometheus_text())

@@ -5,9 +5,9 @@
 mod app;
 mod chaos;
 mod console;
-mod docs;
 pub mod error;
 mod metrics;
+pub mod openapi;
 mod runs;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -244,15 +244,21 @@ impl AppState {
     }
 }
 
-/// The whole API with its middleware.
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+/// Every route, each registered with its API description ([`openapi::document`] reads the same).
+fn routes() -> utoipa_axum::router::OpenApiRouter<AppState> {
+    openapi::base()
         .merge(app::router())
         .merge(chaos::router())
-        .merge(docs::router())
+        .merge(openapi::router())
         .merge(runs::router())
         .merge(metrics::router())
         .merge(console::router())
+}
+
+/// The whole API with its middleware.
+pub fn router(state: AppState) -> Router {
+    let (api, _) = routes().split_for_parts();
+    let api = api
         .layer(middleware::from_fn_with_state(state.clone(), hang_gate))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);
@@ -325,10 +331,15 @@ fn is_lab_control(path: &str) -> bool {
 /// `Authorization: Bearer <token>` (the scheme in any case, as RFC 9110 has it). Without a token,
 /// script execution is refused unless the service listens on loopback only. An empty or short
 /// token never gets here: `Config::validate` refuses it at startup.
+/// Whether `CHAOS_API_TOKEN`, when set, guards this request: every `/chaos/*` operation but
+/// `GET /chaos/status` (the API description says so from the same function).
+pub(crate) fn needs_token(method: &str, path: &str) -> bool {
+    path.starts_with("/chaos/") && !(method.eq_ignore_ascii_case("GET") && path == "/chaos/status")
+}
+
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let path = req.uri().path();
-    let open = !path.starts_with("/chaos/") || (req.method() == Method::GET && path == "/chaos/status");
-    if !open {
+    if needs_token(req.method().as_str(), path) {
         match &state.config.chaos.chaos_api_token {
             Some(token) => {
                 let given = req

@@ -37,7 +37,7 @@ pub struct Report {
 }
 
 /// One second of load: what finished during it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Second {
     /// Seconds since the load started, at the end of this second (1.0, 2.0, ...; the run's last,
     /// shorter interval ends where the run did).
@@ -60,11 +60,12 @@ pub struct Second {
     /// All the second's response times: only on the `--progress-json` channel, so a reader can
     /// combine seconds exactly (a sliding window); never in [`Report::series`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
     pub histogram: Option<Histogram>,
 }
 
 /// One endpoint's share of a [`Second`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct EndpointSecond {
     pub requests: u64,
     pub failures: u64,

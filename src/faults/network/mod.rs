@@ -20,7 +20,7 @@ pub use recording::RecordingBackend;
 use super::FaultError;
 
 /// What a network fault does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkFaultKind {
     /// New connections are black-holed (they time out; nothing is refused).
@@ -30,7 +30,7 @@ pub enum NetworkFaultKind {
 }
 
 /// One applied network fault, as `/chaos/status.network.faults` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct NetworkFault {
     /// Backend-specific id, used to clear exactly this fault (`chaos-…` rule name on Azure).
     pub id: String,

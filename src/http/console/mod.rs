@@ -6,10 +6,11 @@
 //! `/console/runs/{id}` is the same page: its script routes on the path, so a link to a run works
 //! and moving between views never reloads.
 
-use axum::Router;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 
@@ -17,14 +18,22 @@ const INDEX: &str = include_str!("index.html");
 const SCRIPT: &str = include_str!("console.js");
 const STYLE: &str = include_str!("console.css");
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/console", get(page))
+pub fn router() -> OpenApiRouter<AppState> {
+    // Only the entry page is described: the rest is the same page under other paths, and assets.
+    OpenApiRouter::new()
+        .routes(routes!(page))
         .route("/console/", get(page))
         .route("/console/runs/{id}", get(page))
         .route("/console/assets/{file}", get(asset))
 }
 
+/// The game-day console
+///
+/// One page embedded in the binary (nothing fetched from the internet): the scenario catalog,
+/// runs live and past, the fault ledger and the kill switch. It calls this API with the token
+/// the user enters once per browser session.
+#[utoipa::path(get, path = "/console", tag = "docs", operation_id = "console",
+    responses((status = 200, description = "The page.", content_type = "text/html", body = String)))]
 async fn page() -> Html<&'static str> {
     Html(INDEX)
 }
