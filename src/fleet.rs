@@ -648,9 +648,6 @@ impl Fleet {
     }
 }
 
-/// An in-process fault meant for other replicas: `fleet/faults/<id>.json`. Each target applies
-/// its share through its own ledger (owner `fleet:<id>`, the same lease) and undoes it when the
-/// blob is gone or the lease ends. The origin's ledger entry (`Undo::Fleet`) deletes the blob.
 /// The fleet as `GET /chaos/status` shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FleetStatus {
@@ -710,6 +707,9 @@ impl utoipa::PartialSchema for ReplicaSelector {
 
 impl utoipa::ToSchema for ReplicaSelector {}
 
+/// An in-process fault meant for other replicas: `fleet/faults/<id>.json`. Each target applies
+/// its share through its own ledger (owner `fleet:<id>`, the same lease) and undoes it when the
+/// blob is gone or the lease ends. The origin's ledger entry (`Undo::Fleet`) deletes the blob.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FleetFault {
     pub id: String,

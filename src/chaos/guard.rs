@@ -79,9 +79,10 @@ pub struct WindowFigures {
     pub error_rate_pct: f64,
 }
 
-/// A guard as a request gives it (`guards[i]` of `POST /chaos/run`), for the API description;
-/// [`Guard::from_json`] reads it, the same code as for a scenario header or a script's map. At
-/// least one of `p95_ms`, `error_rate_pct` and `unhealthy_s`.
+/// A guard as a request gives it (`guards[i]` of `POST /chaos/run`): at least one of `p95_ms`,
+/// `error_rate_pct` and `unhealthy_s`. The same options as a scenario header's `guard:` line and
+/// a script's `guard()`.
+// A schema only: `Guard::from_json` reads the JSON, the same code for every source.
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)] // a schema only

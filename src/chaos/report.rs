@@ -51,7 +51,7 @@ impl Default for RunLimits {
     }
 }
 
-/// What the caps of [`RunLimits`] dropped from a run, as counts. Absent from a report (and from
+/// What the caps of a run (`RUN_MAX_*`) dropped from it, as counts. Absent from a report (and from
 /// journals written before caps existed) when nothing was dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
@@ -66,7 +66,7 @@ pub struct Truncated {
     pub records: u64,
     /// Events broadcast live but not kept for replay (RUN_MAX_EVENTS or the replay's byte cap).
     pub events: u64,
-    /// Series points dropped once the series held its cap (`observe::MAX_SERIES_POINTS`).
+    /// Series points dropped once the series held its cap.
     pub series: u64,
 }
 
@@ -289,7 +289,7 @@ pub struct RunReport {
     pub error: Option<ScriptError>,
     /// What the script returned, if anything.
     pub result: Option<serde_json::Value>,
-    /// What the run's [`RunLimits`] dropped; set as soon as anything is.
+    /// What the run's caps (`RUN_MAX_*`) dropped; set as soon as anything is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated: Option<Truncated>,
     /// The replica that ran it, when the run is shared through the fleet's store.

@@ -78,7 +78,7 @@ pub enum EntryState {
     UndoFailed,
 }
 
-/// How to undo one fault: data only, so it survives the process in the ledger file.
+/// How to undo one fault (`type` says which kind); data only, so it survives the process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Undo {

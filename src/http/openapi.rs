@@ -45,13 +45,37 @@ struct ApiDoc;
 
 /// The document, generated once.
 static DOCUMENT: LazyLock<String> =
-    LazyLock::new(|| document().to_pretty_json().expect("the OpenAPI document serializes"));
+    LazyLock::new(|| serde_json::to_string_pretty(&document()).expect("the OpenAPI document serializes"));
 
-/// The API description of every route [`super::router`] serves.
-pub fn document() -> utoipa::openapi::OpenApi {
+/// The API description of every route [`super::router`] serves, as JSON.
+pub fn document() -> serde_json::Value {
     let (_, mut doc) = super::routes().split_for_parts();
     Common.modify(&mut doc);
-    doc
+    let mut json = serde_json::to_value(&doc).expect("the OpenAPI document serializes");
+    camel_case_links(&mut json);
+    json
+}
+
+/// utoipa 5.5 writes a Link object's fields in snake case (`operation_id`); OpenAPI, and the
+/// tools that follow links (schemathesis' stateful phase), want `operationId`.
+fn camel_case_links(doc: &mut serde_json::Value) {
+    let Some(paths) = doc["paths"].as_object_mut() else { return };
+    let links = paths
+        .values_mut()
+        .filter_map(|item| item.as_object_mut())
+        .flat_map(|item| item.values_mut())
+        .filter_map(|op| op["responses"].as_object_mut())
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(|response| response.get_mut("links").and_then(|l| l.as_object_mut()));
+    for link in links.flat_map(|l| l.values_mut()).filter_map(|l| l.as_object_mut()) {
+        for (snake, camel) in
+            [("operation_id", "operationId"), ("operation_ref", "operationRef"), ("request_body", "requestBody")]
+        {
+            if let Some(v) = link.remove(snake) {
+                link.insert(camel.to_string(), v);
+            }
+        }
+    }
 }
 
 /// The base every resource's routes are merged into.

@@ -66,7 +66,7 @@ struct RunBody {
     #[serde(default)]
     dry_run: bool,
     /// Guards the run is held to, besides its scenario header's and its `guard()` calls'.
-    /// Checked by `Runs::start`, which names the guard and the field in its errors.
+    // Checked by `Runs::start`, which names the guard and the field in its errors.
     #[serde(default)]
     #[schema(value_type = Vec<GuardRequest>)]
     guards: Vec<Value>,
@@ -144,7 +144,14 @@ struct RunLinks {
     responses(
         (status = 200, description = "With `?wait=true`: the run has ended and its faults are undone.", body = RunReport),
         (status = 202, description = "The run has started (without `wait`).", body = RunAccepted,
-            headers(("Location" = String, description = "The run: `/chaos/runs/{id}`."))),
+            headers(("Location" = String, description = "The run: `/chaos/runs/{id}`.")),
+            links(
+                ("report" = (operation_id = "getRun", parameters(("id" = "$response.body#/run_id")))),
+                ("events" = (operation_id = "runEvents", parameters(("id" = "$response.body#/run_id")))),
+                ("page" = (operation_id = "runReport", parameters(("id" = "$response.body#/run_id")))),
+                ("timeline" = (operation_id = "runTimeline", parameters(("id" = "$response.body#/run_id")))),
+                ("cancel" = (operation_id = "cancelRun", parameters(("id" = "$response.body#/run_id")))),
+            )),
         (status = 400, description = "The script does not compile (the envelope adds `line` and `column`), or the \
             request is invalid.", body = ErrorBody),
         (status = 403, description = "No `CHAOS_API_TOKEN` is set and the service listens on a non-loopback address.", body = ErrorBody),
@@ -156,8 +163,6 @@ struct RunLinks {
         (status = 423, description = "The kill switch's latch is set.", body = ErrorBody),
         (status = 503, description = "The service is shutting down, or the fleet's store is unreachable.", body = ErrorBody),
     ))]
-/// The body is a JSON [`RunBody`] (`application/json`, or any body that is a JSON object unless
-/// sent as `text/plain`), or else the script itself.
 async fn start_run(
     State(state): State<AppState>,
     QueryParams(q): QueryParams<RunQuery>,

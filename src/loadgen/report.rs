@@ -64,7 +64,7 @@ pub struct Second {
     pub histogram: Option<Histogram>,
 }
 
-/// One endpoint's share of a [`Second`].
+/// One endpoint's share of a second of load.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct EndpointSecond {
     pub requests: u64,
