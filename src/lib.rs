@@ -14,6 +14,8 @@
 //! - [`http`]: routes, extractors, the error envelope; `http` → `chaos` → `faults` → `store`.
 //! - [`cli`]: the binary's subcommands: `check`, `run`, and the operator's `network`,
 //!   `deploy-fault` and `revisions`.
+//! - [`loadgen`]: the load generator behind `cargo run --bin loadgen` and a script's `loadgen()`:
+//!   goose users, the open model, profiles, reports and per-second series.
 //! - [`dev_redis`]: a development Redis for a fresh machine, started only when nothing else is
 //!   configured or answering.
 //! - [`duration`]: durations as typed on a command line (`30`, `30s`, `5m`), for both binaries.

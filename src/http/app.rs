@@ -43,7 +43,7 @@ pub struct Index {
 #[utoipa::path(get, path = "/", tag = "app", operation_id = "index", responses(
     (status = 200, description = "The sample value.", body = Index),
     (status = 503, description = "Redis failed: `detail` is `Redis connection failed: <cause>`, `Redis operation \
-        timeout: <cause>` or `Redis authentication failed: <cause>`.", body = ErrorBody),
+        timeout: <cause>` or `Redis authentication failed: <cause>` (rarely `Redis command failed: <cause>`).", body = ErrorBody),
 ))]
 async fn index(State(state): State<AppState>) -> Result<Json<Index>, ApiError> {
     let redis_data = match &state.store {

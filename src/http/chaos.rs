@@ -110,9 +110,10 @@ impl Default for LoadRequest {
 /// releases both. The load runs on its own threads: the service keeps answering while loaded.
 /// Answers as soon as the load has started. One load at a time.
 ///
-/// Checks, in order: the kill switch's latch (423), shutdown (503), a load already active
-/// (409), the level (400), the duration (400), `replicas` (422 for a malformed one, 400 for an
-/// unknown replica). The load is an entry of the fault ledger (owner `endpoint`, lease
+/// Checks, in order: `replicas` (422 for a malformed one, 400 for an unknown replica), then for
+/// this replica the kill switch's latch (423), shutdown (503), a load already active (409), the
+/// level (400), the duration (400); for other replicas the level and the duration, then the
+/// latch. The load is an entry of the fault ledger (owner `endpoint`, lease
 /// `duration_seconds`).
 #[utoipa::path(post, path = "/chaos/load", tag = "chaos", operation_id = "startLoad",
     request_body(content = Option<LoadRequest>, content_type = "application/json",
@@ -233,8 +234,9 @@ impl Default for HangRequest {
 ///
 /// The caller's response arrives when the hang ends: 200 `hang_completed`. With
 /// `duration_seconds` 0 the hang lasts until restart; SIGTERM and `POST /chaos/stop` end it too.
-/// One hang at a time. Checks, in order: the kill switch's latch (423), shutdown (503), the scope
-/// (400), the duration (400), a hang already active (409). The hang is an entry of the fault
+/// One hang at a time. Checks, in order: `replicas` (422 malformed, 400 unknown), then the kill
+/// switch's latch (423), shutdown (503), the scope (400), the duration (400), a hang already
+/// active (409). The hang is an entry of the fault
 /// ledger (owner `endpoint`).
 #[utoipa::path(post, path = "/chaos/hang", tag = "chaos", operation_id = "startHang",
     request_body(content = Option<HangRequest>, content_type = "application/json",

@@ -380,7 +380,7 @@ async fn check_script(body: Bytes) -> Result<Json<ScriptCheck>, ApiError> {
 #[allow(dead_code)] // a schema only: events are written by `sse`
 struct RunEvent {
     #[schema(
-        pattern = "^(run_started|step_started|step_finished|log|expect|measurement|undo|breach|truncated|lagged|run_finished)$"
+        pattern = "^(run_started|step_started|step_finished|log|expect|measurement|undo|breach|lagged|run_finished)$"
     )]
     event: String,
     /// The event's place in the stream (`1`, `2`, …), `end` on `run_finished`; none on `lagged`.
@@ -404,9 +404,8 @@ struct RunEvent {
 ///
 /// Events: `run_started` (a `RunSummary`), `step_started` and `step_finished` (a `Step`), `log`
 /// (a `LogLine`), `expect` (an `Expectation`), `measurement` (`{name, value}`), `undo` (an
-/// `UndoRecord`), `breach` (a `Breach`), `truncated` (what a cap dropped), `lagged`
-/// (`{missed_events}`: a slow client missed events; the report has them) and `run_finished` (the
-/// `RunReport`).
+/// `UndoRecord`), `breach` (a `Breach`), `lagged` (`{missed_events}`: a slow client missed
+/// events, or the replay was capped; the report has them) and `run_finished` (the `RunReport`).
 #[utoipa::path(get, path = "/chaos/runs/{id}/events", tag = "runs", operation_id = "runEvents",
     params(("id" = String, Path, description = "A run id, as `POST /chaos/run` and `GET /chaos/runs` return it."),
         ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event the client has (`EventSource` sends it when it reconnects).")),
