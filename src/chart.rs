@@ -569,7 +569,11 @@ fn class_key(kind: &str) -> String {
     if k.is_empty() { "unknown".into() } else { k }
 }
 
-/// Text for SVG or HTML content and attribute values (the pages that embed a chart use it too).
+/// Text for HTML, SVG or XML content and attribute values: the one escape of the crate (the
+/// pages that embed a chart and `chaos-lab run --junit` use it too). Besides the five markup
+/// characters, line breaks and tabs become character references, which an XML parser would
+/// otherwise fold into spaces in an attribute (the same characters everywhere else), and the
+/// control characters XML 1.0 cannot carry at all become U+FFFD.
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -579,6 +583,10 @@ pub fn esc(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            '\n' => out.push_str("&#10;"),
+            '\t' => out.push_str("&#9;"),
+            '\r' => out.push_str("&#13;"),
+            c if c < ' ' || c == '\u{fffe}' || c == '\u{ffff}' => out.push('\u{fffd}'),
             c => out.push(c),
         }
     }

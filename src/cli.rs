@@ -13,6 +13,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::azure::{AppRef, Arm, NsgRef};
+use crate::chart::esc;
 use crate::faults::deploy::{ContainerApp, DeployBackend, DeployFault, DeployFaultKind};
 use crate::faults::network::azure::{AzureNsg, DEFAULT_TTL};
 
@@ -543,31 +544,6 @@ impl SseReader {
     }
 }
 
-/// Escapes `s` for XML 1.0: the five markup characters as entities and, in an attribute value
-/// (`attr`), tabs and line breaks as character references, which a parser would otherwise fold
-/// into spaces. A carriage return is always a reference (a parser turns a raw one into `\n`), and
-/// the control characters XML 1.0 cannot carry at all become U+FFFD. (`chart::esc` escapes the
-/// five characters the same way but passes control characters through.)
-fn xml_esc(s: &str, attr: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            '\n' if attr => out.push_str("&#10;"),
-            '\t' if attr => out.push_str("&#9;"),
-            '\r' => out.push_str("&#13;"),
-            '\n' | '\t' => out.push(c),
-            c if c < ' ' || c == '\u{fffe}' || c == '\u{ffff}' => out.push('\u{fffd}'),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Why a run that did not succeed failed, besides its expectations: none when it succeeded, or
 /// when its failed `expect()`s are the whole story (they have their own testcases). Otherwise the
 /// status and reason, with the script error, the breach and the failed undos.
@@ -623,13 +599,13 @@ fn run_failure(report: &Value) -> Option<String> {
 /// `<failure>` when it did not hold; and a failed testcase `run` when the run did not succeed for
 /// another reason ([`run_failure`]).
 fn junit_xml(report: &Value, suite: &str) -> String {
-    let suite_attr = xml_esc(suite, true);
+    let suite_attr = esc(suite);
     let mut cases = String::new();
     let (mut tests, mut failures) = (0usize, 0usize);
     for x in report["expectations"].as_array().into_iter().flatten() {
         tests += 1;
         let message = x["message"].as_str().unwrap_or("");
-        let _ = write!(cases, "  <testcase classname=\"{suite_attr}\" name=\"{}\"", xml_esc(message, true));
+        let _ = write!(cases, "  <testcase classname=\"{suite_attr}\" name=\"{}\"", esc(message));
         if x["ok"].as_bool() == Some(true) {
             cases.push_str("/>\n");
             continue;
@@ -639,8 +615,8 @@ fn junit_xml(report: &Value, suite: &str) -> String {
         let _ = write!(
             cases,
             ">\n    <failure message=\"{}\" type=\"expect\">expect() failed{at}: {}</failure>\n  </testcase>\n",
-            xml_esc(message, true),
-            xml_esc(message, false)
+            esc(message),
+            esc(message)
         );
     }
     if let Some(why) = run_failure(report) {
@@ -649,9 +625,9 @@ fn junit_xml(report: &Value, suite: &str) -> String {
         let _ = write!(
             cases,
             "  <testcase classname=\"{suite_attr}\" name=\"run\">\n    <failure message=\"{}\" type=\"{}\">{}</failure>\n  </testcase>\n",
-            xml_esc(report["reason"].as_str().unwrap_or("the run did not succeed"), true),
-            xml_esc(report["status"].as_str().unwrap_or("unknown"), true),
-            xml_esc(&why, false)
+            esc(report["reason"].as_str().unwrap_or("the run did not succeed")),
+            esc(report["status"].as_str().unwrap_or("unknown")),
+            esc(&why)
         );
     }
     let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
@@ -661,7 +637,7 @@ fn junit_xml(report: &Value, suite: &str) -> String {
         report["duration_s"].as_f64().unwrap_or(0.0)
     );
     if let Some(t) = report["started_at"].as_str() {
-        let _ = write!(xml, " timestamp=\"{}\"", xml_esc(t, true));
+        let _ = write!(xml, " timestamp=\"{}\"", esc(t));
     }
     xml.push_str(">\n  <properties>\n");
     for key in ["run_id", "scenario", "status", "verdict", "reason", "dry_run"] {
@@ -670,7 +646,7 @@ fn junit_xml(report: &Value, suite: &str) -> String {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
-        let _ = writeln!(xml, "    <property name=\"{key}\" value=\"{}\"/>", xml_esc(&value, true));
+        let _ = writeln!(xml, "    <property name=\"{key}\" value=\"{}\"/>", esc(&value));
     }
     xml.push_str("  </properties>\n");
     xml.push_str(&cases);
@@ -970,14 +946,6 @@ mod tests {
         let text = "event: log\ndata: {\"message\":\"caf\u{e9}\"}\n\n".as_bytes();
         let cut = text.iter().position(|&b| b == 0xc3).unwrap() + 1;
         assert_eq!(events(&[&text[..cut], &text[cut..]]), vec![pair("log", "{\"message\":\"caf\u{e9}\"}")]);
-    }
-
-    #[test]
-    fn xml_escapes_markup_breaks_and_control_characters() {
-        assert_eq!(xml_esc("a<b>&\"c\"'d'", true), "a&lt;b&gt;&amp;&quot;c&quot;&apos;d&apos;");
-        assert_eq!(xml_esc("x\ny\tz\r", true), "x&#10;y&#9;z&#13;");
-        assert_eq!(xml_esc("x\ny\tz\r", false), "x\ny\tz&#13;");
-        assert_eq!(xml_esc("bell\u{7}", false), "bell\u{fffd}");
     }
 
     fn report(status: &str, reason: &str, expectations: Value) -> Value {

@@ -305,7 +305,12 @@ fn strings(args: &[&str]) -> Vec<String> {
 
 /// `s` as it must appear in an XML attribute (what `chaos-lab run --junit` writes).
 fn xml_attr(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+        .replace('\n', "&#10;")
 }
 
 /// Every `&` in `s` starts one of XML's entities or a character reference.
