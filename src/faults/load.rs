@@ -84,6 +84,9 @@ struct Active {
     level: LoadLevel,
     ends: Instant,
     stop: Arc<AtomicBool>,
+    /// The supervisor thread, unparked with `stop` so the load ends at once rather than at its
+    /// next poll (the kill switch's all-clear time is mostly this).
+    supervisor: std::thread::Thread,
     /// Becomes true once the threads have ended and the memory is freed.
     done: watch::Receiver<bool>,
 }
@@ -112,17 +115,19 @@ impl LoadController {
         let (done_tx, done) = watch::channel(false);
         let ends = Instant::now() + duration;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
-        *slot = Some(Active { id, level, ends, stop: stop.clone(), done });
 
+        // The thread clears the slot when it ends, which waits for this lock: it is filled first.
         let active = self.active.clone();
-        std::thread::Builder::new()
+        let stopped = stop.clone();
+        let supervisor = std::thread::Builder::new()
             .name("load-supervisor".into())
             .spawn(move || {
-                run_load(level, ends, &stop);
+                run_load(level, ends, &stopped);
                 *active.lock().unwrap() = None;
                 let _ = done_tx.send(true);
             })
             .map_err(|e| FaultError::Invalid(format!("cannot start load thread: {e}")))?;
+        *slot = Some(Active { id, level, ends, stop, supervisor: supervisor.thread().clone(), done });
         tracing::info!(level = ?level, duration_seconds, "load started");
         Ok(LoadStatus { id, active: true, level: Some(level), remaining_seconds: duration_seconds as u64 })
     }
@@ -143,6 +148,7 @@ impl LoadController {
             match slot.as_ref() {
                 Some(a) if matches(a) => {
                     a.stop.store(true, Ordering::SeqCst);
+                    a.supervisor.unpark();
                     a.done.clone()
                 }
                 _ => return false,
@@ -184,10 +190,14 @@ fn run_load(level: LoadLevel, ends: Instant, stop: &Arc<AtomicBool>) {
 
     // Allocate while the CPU threads already run: the load starts at once.
     let memory = touch_memory(level.memory_mib() * MIB, stop);
-    while !stop.load(Ordering::Relaxed) && Instant::now() < ends {
-        std::thread::sleep(Duration::from_millis(50).min(ends.saturating_duration_since(Instant::now())));
+    // Parked until the end or a stop (which unparks this thread); a spurious wake-up just loops.
+    while !stop.load(Ordering::SeqCst) && Instant::now() < ends {
+        std::thread::park_timeout(ends.saturating_duration_since(Instant::now()));
     }
     stop.store(true, Ordering::SeqCst);
+    for b in &burners {
+        b.thread().unpark(); // cut the rest of its period short
+    }
     for b in burners {
         let _ = b.join();
     }
@@ -213,7 +223,9 @@ fn burn(duty: f64, ends: Instant, stop: &AtomicBool) {
         }
         busy += spun.elapsed();
         if let Some(rest) = (start + DUTY_PERIOD * period).checked_duration_since(Instant::now()) {
-            std::thread::sleep(rest);
+            // Parked rather than asleep, so a stop (which unparks it) ends the load at once; an
+            // early wake-up is paid back by the accounting above.
+            std::thread::park_timeout(rest);
         }
     }
 }
