@@ -297,6 +297,15 @@ async fn list_runs(
     })
 }
 
+/// The `{id}` of the run routes, described once.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // a description only: the handlers take `Path<String>`
+struct RunId {
+    /// A run id, as `POST /chaos/run` and `GET /chaos/runs` return it.
+    id: String,
+}
+
 /// A run's report
 ///
 /// The full `RunReport`: status, verdict and reason, the timeline of steps, log lines,
@@ -304,7 +313,7 @@ async fn list_runs(
 /// the script error with line and column. Live while the run is in progress; read from its
 /// journal afterwards (with a fleet, from the replica that ran it).
 #[utoipa::path(get, path = "/chaos/runs/{id}", tag = "runs", operation_id = "getRun",
-    params(("id" = String, Path, description = "A run id, as `POST /chaos/run` and `GET /chaos/runs` return it.")),
+    params(RunId),
     responses(
         (status = 200, description = "The report.", body = RunReport),
         (status = 404, description = "No such run (or its journal cannot be read).", body = ErrorBody),
@@ -318,7 +327,7 @@ async fn get_run(State(state): State<AppState>, Path(id): Path<String>) -> Resul
 /// One self-contained page (an SVG timeline of faults, load and health; tables): nothing
 /// fetched, works offline and as an attachment. A run in progress gets the page as it stands.
 #[utoipa::path(get, path = "/chaos/runs/{id}/report", tag = "runs", operation_id = "runReport",
-    params(("id" = String, Path, description = "A run id, as `POST /chaos/run` and `GET /chaos/runs` return it.")),
+    params(RunId),
     responses(
         (status = 200, description = "The page.", content_type = "text/html", body = String),
         (status = 404, description = "No such run.", body = ErrorBody),
@@ -333,7 +342,7 @@ async fn run_report(State(state): State<AppState>, Path(id): Path<String>) -> Re
 /// The report page's timeline alone, as an SVG document (the console redraws it while a run
 /// goes on; one renderer for both).
 #[utoipa::path(get, path = "/chaos/runs/{id}/timeline.svg", tag = "runs", operation_id = "runTimeline",
-    params(("id" = String, Path, description = "A run id, as `POST /chaos/run` and `GET /chaos/runs` return it.")),
+    params(RunId),
     responses(
         (status = 200, description = "The timeline.", content_type = "image/svg+xml", body = String),
         (status = 404, description = "No such run.", body = ErrorBody),
@@ -407,7 +416,7 @@ struct RunEvent {
 /// `UndoRecord`), `breach` (a `Breach`), `lagged` (`{missed_events}`: a slow client missed
 /// events, or the replay was capped; the report has them) and `run_finished` (the `RunReport`).
 #[utoipa::path(get, path = "/chaos/runs/{id}/events", tag = "runs", operation_id = "runEvents",
-    params(("id" = String, Path, description = "A run id, as `POST /chaos/run` and `GET /chaos/runs` return it."),
+    params(RunId,
         ("Last-Event-ID" = Option<String>, Header, description = "The id of the last event the client has (`EventSource` sends it when it reconnects).")),
     responses(
         (status = 200, description = "The event stream.", content_type = "text/event-stream", body = RunEvent),
@@ -545,7 +554,7 @@ fn live_events(run: std::sync::Arc<RunShared>) -> impl Stream<Item = Event> {
 /// as it stands (usually ended `cancelled`). Cancelling a run that is already stopping cuts its
 /// rollbacks short.
 #[utoipa::path(post, path = "/chaos/runs/{id}/cancel", tag = "runs", operation_id = "cancelRun",
-    params(("id" = String, Path, description = "A run id, as `POST /chaos/run` and `GET /chaos/runs` return it.")),
+    params(RunId),
     responses(
         (status = 200, description = "The run's report after the cancel.", body = RunReport),
         (status = 404, description = "No such run.", body = ErrorBody),
