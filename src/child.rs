@@ -6,8 +6,17 @@
 //! PROGRAM ARGS`, which requests it and then `exec`s the program (the request survives `exec`).
 //! It fires when the *thread* that spawned the child ends, so the service spawns these from
 //! threads that live as long as it does (the main thread, the runtime's workers).
+//!
+//! A `loadgen` child's handle is here too ([`Running`]: stop it, wait for its summary), and the
+//! kill of its process group by pid ([`kill_group`]), which works after a crash of the service as
+//! well: the fault ledger undoes a loadgen with both. How a child is started (its options, its
+//! report) is the script API's (`chaos::loadgen` adds `Running::start`). This module uses no
+//! other module of the crate, so `faults` can reach it without depending on `chaos`.
 
 use std::ffi::CString;
+
+use serde_json::Value;
+use tokio::sync::watch;
 
 /// Asks Linux for SIGKILL when the parent dies, then checks the parent is still `pid` (it may
 /// have died before the request was made).
@@ -34,4 +43,64 @@ pub fn exec_guarded(parent_pid: u32, command: &[String]) -> String {
         Ok(never) => match never {},
         Err(e) => format!("exec-guarded: cannot run {}: {e}", command[0]),
     }
+}
+
+/// A running `loadgen` child. Its outcome stays readable after it ends (several calls may wait).
+pub struct Running {
+    // `pub(crate)`: filled in by `Running::start` (`chaos::loadgen`), which spawns the child and
+    // its watcher.
+    pub(crate) pid: u32,
+    pub(crate) start_ticks: u64,
+    pub(crate) stop: watch::Sender<bool>,
+    pub(crate) outcome: watch::Receiver<Option<Result<Value, String>>>,
+}
+
+impl Running {
+    /// The child's pid (also its process group).
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// When the child started, in clock ticks since boot (tells it from a later process that
+    /// reuses the pid).
+    pub fn start_ticks(&self) -> u64 {
+        self.start_ticks
+    }
+
+    /// Asks the child to stop (graceful: it still writes its report).
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits for the child to end; the script's summary.
+    pub async fn wait(&self) -> Result<Value, String> {
+        let mut rx = self.outcome.clone();
+        let r = rx.wait_for(Option::is_some).await.map_err(|_| "loadgen: the child's watcher ended".to_string())?;
+        r.clone().expect("waited for Some")
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: the process's start time in clock ticks since boot.
+pub fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Kills the process group of a loadgen child if `pid` is still the process that started at
+/// `ticks` (0 = unknown: the group is killed if it exists). Returns whether anything was killed.
+pub fn kill_group(pid: u32, ticks: u64) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    match start_ticks(pid) {
+        Some(t) if ticks == 0 || t == ticks => {}
+        // The leader is gone (or another process has its pid): members may remain, but a pid
+        // reused by something else must not be touched.
+        Some(_) => return false,
+        None => {}
+    }
+    let group = nix::unistd::Pid::from_raw(pid as i32);
+    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).is_ok()
 }

@@ -2,15 +2,20 @@
 //! alerting and recovery can be watched and measured.
 //!
 //! # Layout
-//! - [`config`]: every setting, from the environment or a flag, validated before anything starts.
+//! - [`config`]: every setting, from the environment or a flag, validated before anything starts;
+//!   a leaf (it imports no other module), with `config::duration` for durations as typed on a
+//!   command line (`30`, `30s`, `5m`).
 //! - [`store`]: the app's Redis access: pool, retries with backoff, the connection reset.
 //! - [`faults`]: CPU/memory load, hangs, network faults (local proxy or Azure NSG), broken
 //!   Container Apps revisions; one implementation per fault, each stoppable.
 //! - [`azure`]: the managed-identity credential, a small ARM client, Entra ID for Redis.
+//! - [`backoff`]: the one retry schedule (exponential, jittered, capped) of Redis, ARM and Entra ID.
 //! - [`chaos_store`]: where shared state lives (a local directory, or Azure Blob Storage for a
 //!   fleet of replicas); one seam, conditional writes, every call bounded.
 //! - [`fleet`]: replicas sharing the chaos store: heartbeats and the fleet-wide halt latch.
 //! - [`chaos`]: the scenario engine: Rhai runs, the scenario catalog, journals, undo.
+//! - [`service`]: the composition root: builds the backends, the ledger, the fleet and the runs
+//!   once from the configuration and hands them to `http` and `chaos`.
 //! - [`http`]: routes, extractors, the error envelope; `http` → `chaos` → `faults` → `store`.
 //! - [`cli`]: the binary's subcommands: `check`, `run`, and the operator's `network`,
 //!   `deploy-fault` and `revisions`.
@@ -18,7 +23,6 @@
 //!   goose users, the open model, profiles, reports and per-second series.
 //! - [`dev_redis`]: a development Redis for a fresh machine, started only when nothing else is
 //!   configured or answering.
-//! - [`duration`]: durations as typed on a command line (`30`, `30s`, `5m`), for both binaries.
 //! - [`child`]: child processes that die with the service (parent-death signal).
 //! - [`telemetry`]: metrics with the original lab's names, also served at `GET /metrics`.
 //! - [`chart`]: the one time-series chart renderer (fault bands, lines, health, markers) as
@@ -27,6 +31,7 @@
 #![forbid(unsafe_code)]
 
 pub mod azure;
+pub mod backoff;
 pub mod chaos;
 pub mod chaos_store;
 pub mod chart;
@@ -34,11 +39,11 @@ pub mod child;
 pub mod cli;
 pub mod config;
 pub mod dev_redis;
-pub mod duration;
 pub mod faults;
 pub mod fleet;
 pub mod http;
 pub mod loadgen;
+pub mod service;
 pub mod store;
 pub mod telemetry;
 
@@ -62,6 +67,13 @@ pub fn format_timestamp(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
+/// `x` rounded to `decimals` places, as the API reports measured figures (e.g. milliseconds to
+/// the microsecond: `round_to(ms, 3)`).
+pub fn round_to(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
+}
+
 /// The name a unit enum variant has in the API (e.g. `timed_out`, `network_block`).
 pub fn json_name<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
@@ -80,7 +92,7 @@ pub async fn serve(
     let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: stopping runs and faults, draining requests");
-        app.shutdown().await;
+        service::shutdown(&app).await;
         let _ = draining_tx.send(());
     });
     let deadline = async {

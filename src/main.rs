@@ -3,12 +3,12 @@
 
 use anyhow::Context;
 
-use chaos_lab::AppState;
-use chaos_lab::config::{Cli, LogFormat};
+use chaos_lab::cli::Cli;
+use chaos_lab::config::LogFormat;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // rustls needs one process-wide crypto provider (azure_mgmt_network also brings ring in).
+    // rustls needs one process-wide crypto provider; installing it once keeps every client on aws-lc-rs.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse_all();
     if let Some(cmd) = cli.command {
@@ -30,10 +30,10 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {addr} (set APP_HOST / APP_PORT to another address)"))?;
     let local = listener.local_addr()?;
-    let state = AppState::start(config.clone(), local).await?;
+    let state = chaos_lab::service::start(config.clone(), local).await?;
     tracing::info!(
         address = %local,
-        network_backend = state.network.name(),
+        network_backend = state.lab.network.name(),
         redis = %format!("{}:{}", state.config.redis.redis_host, state.config.redis.redis_port),
         redis_enabled = config.redis.redis_enabled,
         "chaos-lab listening"

@@ -1,5 +1,6 @@
 //! The app's Redis access: a pool of connections, the two operations the app needs (`GET /` and the
-//! health PING), retries with exponential backoff, and the "reset every connection" fault.
+//! health PING), retries on the service's one jittered backoff ([`crate::backoff`]), and the "reset
+//! every connection" fault.
 //!
 //! It owns every Redis socket the service opens, which is why the connection count and the reset
 //! live here and not in `faults/`. It must not know about HTTP: errors are [`StoreError`], which
@@ -14,10 +15,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use backon::Retryable;
 use chrono::{DateTime, Utc};
 use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult, Timeouts};
 use redis::aio::MultiplexedConnection;
@@ -44,6 +46,14 @@ pub enum StoreError {
     Command(String),
     #[error("Redis client configuration is invalid: {0}")]
     Config(String),
+}
+
+impl StoreError {
+    /// Whether a new attempt can fix it: not a refused login, a command Redis rejected, or a
+    /// configuration mistake.
+    fn retryable(&self) -> bool {
+        !matches!(self, Self::Auth(_) | Self::Command(_) | Self::Config(_))
+    }
 }
 
 /// What `reset` did.
@@ -73,7 +83,11 @@ pub struct Store {
 struct Inner {
     pool: managed::Pool<ConnManager>,
     socket_timeout: Duration,
-    retry: RetryPolicy,
+    /// REDIS_MAX_RETRIES: extra attempts after a failure a new attempt can fix.
+    max_retries: usize,
+    /// REDIS_BACKOFF_BASE and REDIS_BACKOFF_CAP: the first wait and the longest one.
+    backoff_base: Duration,
+    backoff_cap: Duration,
     /// Generation of new connections and the generation below which in-flight commands abort.
     reset: watch::Sender<ResetState>,
     tracker: Arc<Tracker>,
@@ -88,22 +102,6 @@ struct ResetState {
     generation: u64,
     /// Connections of a generation below this one abort what they are doing (force reset).
     abort_below: u64,
-}
-
-/// Retry schedule: `max_retries` extra attempts, waiting `base * 2^n`, capped at `cap`.
-#[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
-    pub max_retries: u32,
-    pub base: Duration,
-    pub cap: Duration,
-}
-
-impl RetryPolicy {
-    /// Wait before retry number `n` (0-based).
-    pub fn backoff(&self, n: u32) -> Duration {
-        let factor = 2u32.saturating_pow(n.min(20));
-        self.base.saturating_mul(factor).min(self.cap)
-    }
 }
 
 /// Counts open sockets per generation; `Notify` wakes a reset waiting for the old ones to close.
@@ -272,11 +270,9 @@ impl Store {
             inner: Arc::new(Inner {
                 pool,
                 socket_timeout: cfg.redis_socket_timeout,
-                retry: RetryPolicy {
-                    max_retries: cfg.redis_max_retries,
-                    base: cfg.redis_backoff_base,
-                    cap: cfg.redis_backoff_cap,
-                },
+                max_retries: cfg.redis_max_retries as usize,
+                backoff_base: cfg.redis_backoff_base,
+                backoff_cap: cfg.redis_backoff_cap,
                 reset,
                 tracker,
                 link: AtomicU8::new(LinkState::Unknown as u8),
@@ -290,7 +286,7 @@ impl Store {
     /// increments the request counter when `count` is set.
     pub async fn sample_data(&self, count: bool) -> Result<String, StoreError> {
         let value = self
-            .with_retries(self.inner.retry, move |mut c| async move {
+            .with_retries(self.inner.max_retries, move |mut c| async move {
                 if count {
                     let (v, _): (Option<String>, i64) =
                         redis::pipe().get(DATA_KEY).incr(COUNTER_KEY, 1).query_async(&mut c).await?;
@@ -305,7 +301,7 @@ impl Store {
             _ => {
                 let v = format!("Data created at {}", crate::timestamp());
                 let to_set = v.clone();
-                self.with_retries(self.inner.retry, move |mut c| {
+                self.with_retries(self.inner.max_retries, move |mut c| {
                     let to_set = to_set.clone();
                     async move { redis::cmd("SET").arg(DATA_KEY).arg(to_set).query_async::<()>(&mut c).await }
                 })
@@ -317,9 +313,8 @@ impl Store {
 
     /// One PING, no retries: a health check reports the state now, not after backoffs.
     pub async fn ping(&self) -> Result<Duration, StoreError> {
-        let once = RetryPolicy { max_retries: 0, ..self.inner.retry };
         let started = Instant::now();
-        self.with_retries(once, |mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await }).await?;
+        self.with_retries(0, |mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await }).await?;
         Ok(started.elapsed())
     }
 
@@ -372,66 +367,68 @@ impl Store {
         *self.inner.last_reset.lock().unwrap()
     }
 
-    /// Runs `op` on a pooled connection, retrying failures that a new attempt can fix.
-    async fn with_retries<T, F, Fut>(&self, policy: RetryPolicy, mut op: F) -> Result<T, StoreError>
+    /// Runs `op` on a pooled connection; up to `retries` more times, after the backoff, when it
+    /// failed in a way a new attempt can fix. Authentication, command and configuration errors
+    /// are returned at once.
+    async fn with_retries<T, F, Fut>(&self, retries: usize, op: F) -> Result<T, StoreError>
     where
-        F: FnMut(MultiplexedConnection) -> Fut,
+        F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let mut attempt = 0;
-        let mut stale_retry_used = false;
+        let stale_retry_used = AtomicBool::new(false);
+        let (op, stale_retry_used) = (&op, &stale_retry_used);
+        let mut retry = 0u32;
+        let result = (move || self.attempt(op, stale_retry_used))
+            .retry(crate::backoff::backoff(self.inner.backoff_base, self.inner.backoff_cap, retries))
+            .when(StoreError::retryable)
+            .notify(|e: &StoreError, wait: Duration| {
+                retry += 1;
+                let wait_ms = wait.as_millis() as u64;
+                tracing::debug!(attempt = retry, wait_ms, error = %e, "retrying Redis operation");
+            })
+            .await;
+        match &result {
+            Ok(_) => self.inner.link.store(LinkState::Up as u8, Ordering::Relaxed),
+            Err(StoreError::Command(_)) => {} // Redis answered: the link is fine
+            Err(_) => self.inner.link.store(LinkState::Down as u8, Ordering::Relaxed),
+        }
+        result
+    }
+
+    /// One attempt. An idle socket found dead (Redis restarted, CLIENT KILL, proxy cut) means its
+    /// idle siblings are dead too: they are dropped, and a fresh connection gets one try at once,
+    /// without spending a retry or a backoff (once per operation: `stale_retry_used`).
+    async fn attempt<T, F, Fut>(&self, op: &F, stale_retry_used: &AtomicBool) -> Result<T, StoreError>
+    where
+        F: Fn(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
         loop {
-            let result = match self.lease().await {
-                Ok(mut lease) => {
-                    let reused = lease.reused();
-                    match self.run_on(&mut lease, &mut op).await {
-                        Ok(v) => Ok(v),
-                        Err(None) => {
-                            lease.broken = true;
-                            Err(StoreError::Connection("connection closed by a forced redis-reset".into()))
-                        }
-                        Err(Some(e)) => {
-                            lease.broken = breaks_connection(&e);
-                            // An idle socket found dead (Redis restarted, CLIENT KILL, proxy cut):
-                            // its idle siblings are dead too, and a fresh connect deserves a try now.
-                            if reused && e.is_connection_dropped() && !stale_retry_used {
-                                stale_retry_used = true;
-                                drop(lease);
-                                drop(self.inner.pool.retain(|_, _| false));
-                                continue;
-                            }
-                            Err(classify(e))
-                        }
-                    }
+            let mut lease = self.lease().await?;
+            let reused = lease.reused();
+            match self.run_on(&mut lease, op).await {
+                Ok(v) => return Ok(v),
+                Err(None) => {
+                    lease.broken = true;
+                    return Err(StoreError::Connection("connection closed by a forced redis-reset".into()));
                 }
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(v) => {
-                    self.inner.link.store(LinkState::Up as u8, Ordering::Relaxed);
-                    return Ok(v);
-                }
-                Err(e) => {
-                    let retryable = !matches!(e, StoreError::Auth(_) | StoreError::Command(_) | StoreError::Config(_));
-                    if !retryable || attempt >= policy.max_retries {
-                        if !matches!(e, StoreError::Command(_)) {
-                            self.inner.link.store(LinkState::Down as u8, Ordering::Relaxed);
-                        }
-                        return Err(e);
+                Err(Some(e)) => {
+                    lease.broken = breaks_connection(&e);
+                    if reused && e.is_connection_dropped() && !stale_retry_used.swap(true, Ordering::Relaxed) {
+                        drop(lease);
+                        drop(self.inner.pool.retain(|_, _| false));
+                        continue;
                     }
-                    let wait = policy.backoff(attempt);
-                    tracing::debug!(attempt = attempt + 1, wait_ms = wait.as_millis() as u64, error = %e, "retrying Redis operation");
-                    tokio::time::sleep(wait).await;
-                    attempt += 1;
+                    return Err(classify(e));
                 }
             }
         }
     }
 
     /// Runs `op` once; `Err(None)` means a forced reset aborted it.
-    async fn run_on<T, F, Fut>(&self, lease: &mut Lease, op: &mut F) -> Result<T, Option<RedisError>>
+    async fn run_on<T, F, Fut>(&self, lease: &mut Lease, op: &F) -> Result<T, Option<RedisError>>
     where
-        F: FnMut(MultiplexedConnection) -> Fut,
+        F: Fn(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let generation = lease.generation();
@@ -499,19 +496,5 @@ fn classify(e: RedisError) -> StoreError {
         StoreError::Command(text)
     } else {
         StoreError::Connection(text)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_and_caps() {
-        let p = RetryPolicy { max_retries: 5, base: Duration::from_secs(1), cap: Duration::from_secs(3) };
-        assert_eq!(p.backoff(0), Duration::from_secs(1));
-        assert_eq!(p.backoff(1), Duration::from_secs(2));
-        assert_eq!(p.backoff(2), Duration::from_secs(3));
-        assert_eq!(p.backoff(30), Duration::from_secs(3));
     }
 }

@@ -1,12 +1,14 @@
-//! A minimal ARM REST client on reqwest: bearer token from the shared credential, bounded retries
-//! of 429/5xx and transport errors, readable errors (a 403 names what the identity may not touch),
-//! and long-running-operation polling on our own cadence (Retry-After, else 2 s) instead of an
-//! SDK's 30 s default.
+//! A minimal ARM REST client on reqwest, the only way the service talks to ARM: bearer token from
+//! the shared credential, bounded retries of 429/5xx and transport errors on the service's one
+//! jittered backoff ([`crate::backoff`]) or after ARM's Retry-After, readable errors (a 403 names
+//! what the identity may not touch), and long-running-operation polling on our own cadence
+//! (Retry-After, else 2 s) instead of an SDK's 30 s default.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use azure_core::credentials::TokenCredential;
+use backon::Retryable;
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
@@ -14,7 +16,9 @@ use serde_json::Value;
 use super::ARM_SCOPE;
 
 /// Extra attempts after a 429, a 5xx or a transport error.
-const MAX_RETRIES: u32 = 4;
+const MAX_RETRIES: usize = 4;
+/// Wait before the first retry without Retry-After; doubles for each further retry (jittered).
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(500);
 /// Longest wait between two attempts, whatever Retry-After says.
 const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 /// Poll interval of a long-running operation without Retry-After.
@@ -45,6 +49,14 @@ impl ArmError {
         match self {
             Self::Forbidden { .. } => Some(403),
             Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// ARM's error code (`SecurityRuleConflict`, `NotFound`, …), for errors that have one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Forbidden { code, .. } | Self::Status { code, .. } => Some(code),
             _ => None,
         }
     }
@@ -103,6 +115,9 @@ impl Arm {
     /// Sends one request, retrying 429/5xx and transport errors (bounded). `path_or_url` is a
     /// path under the endpoint (with its query) or an absolute URL ARM gave us (operation status).
     /// `what` names the resource for a 403 ("NSG x", "container app y").
+    ///
+    /// A retry waits what ARM's Retry-After says, else the jittered backoff from 0.5 s, doubling;
+    /// never more than 30 s.
     pub async fn send(
         &self,
         method: Method,
@@ -115,38 +130,57 @@ impl Arm {
         } else {
             format!("{}{path_or_url}", self.endpoint)
         };
-        let mut attempt = 0;
-        loop {
-            let token = self.token().await?;
-            let mut req = self.http.request(method.clone(), &url).bearer_auth(token);
-            if let Some(b) = body {
-                req = req.json(b);
-            }
-            let (retry_after, err) = match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let headers = resp.headers().clone();
-                    let bytes = resp.bytes().await.map_err(|e| ArmError::Transport(e.to_string()))?;
-                    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-                    if (200..300).contains(&status) {
-                        return Ok(ArmResponse { status, headers, body });
-                    }
-                    let err = ArmError::from_status(status, method.as_str(), path_or_url, &body, what);
-                    if !(status == 429 || (500..600).contains(&status)) {
-                        return Err(err);
-                    }
-                    (retry_after(&headers), err)
-                }
-                Err(e) => (None, ArmError::Transport(format!("{} {url}: {e}", method.as_str()))),
-            };
-            if attempt >= MAX_RETRIES {
-                return Err(err);
-            }
-            let wait = retry_after.unwrap_or(Duration::from_millis(500 * 2u64.pow(attempt))).min(MAX_RETRY_WAIT);
-            tracing::warn!(attempt = attempt + 1, wait_ms = wait.as_millis() as u64, error = %err, "retrying ARM request");
-            tokio::time::sleep(wait).await;
-            attempt += 1;
+        let (method, url) = (&method, url.as_str());
+        let mut retry = 0u32;
+        (move || self.send_once(method, url, path_or_url, body, what))
+            .retry(crate::backoff::backoff(FIRST_RETRY_WAIT, MAX_RETRY_WAIT, MAX_RETRIES))
+            .when(|f: &Failed| f.retryable)
+            // ARM's own wait, when it gives one, replaces the backoff; `None` (no retry left) stays.
+            .adjust(|f: &Failed, wait: Option<Duration>| {
+                wait.map(|w| f.retry_after.map_or(w, |after| after.min(MAX_RETRY_WAIT)))
+            })
+            .notify(|f: &Failed, wait: Duration| {
+                retry += 1;
+                let wait_ms = wait.as_millis() as u64;
+                tracing::warn!(attempt = retry, wait_ms, error = %f.error, "retrying ARM request");
+            })
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// One attempt of [`Arm::send`].
+    async fn send_once(
+        &self,
+        method: &Method,
+        url: &str,
+        path_or_url: &str,
+        body: Option<&Value>,
+        what: &str,
+    ) -> Result<ArmResponse, Failed> {
+        let token = self.token().await.map_err(Failed::fatal)?;
+        let mut req = self.http.request(method.clone(), url).bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(b);
         }
+        let resp = match req.send().await {
+            Ok(resp) => resp,
+            Err(e) => {
+                let error = ArmError::Transport(format!("{} {url}: {e}", method.as_str()));
+                return Err(Failed { error, retryable: true, retry_after: None });
+            }
+        };
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.map_err(|e| Failed::fatal(ArmError::Transport(e.to_string())))?;
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            return Ok(ArmResponse { status, headers, body });
+        }
+        Err(Failed {
+            error: ArmError::from_status(status, method.as_str(), path_or_url, &body, what),
+            retryable: status == 429 || (500..600).contains(&status),
+            retry_after: retry_after(&headers),
+        })
     }
 
     /// Waits for the long-running operation a PUT/PATCH/DELETE/POST answer started, if any: polls
@@ -187,6 +221,20 @@ impl Arm {
             };
             wait = retry_after(&next.headers).unwrap_or(POLL_INTERVAL);
         }
+    }
+}
+
+/// A failed attempt, and whether (and when) another one may follow.
+struct Failed {
+    error: ArmError,
+    /// A 429, a 5xx or a transport error; not a credential error, nor an answer ARM meant.
+    retryable: bool,
+    retry_after: Option<Duration>,
+}
+
+impl Failed {
+    fn fatal(error: ArmError) -> Self {
+        Self { error, retryable: false, retry_after: None }
     }
 }
 

@@ -1,11 +1,14 @@
-//! Azure access shared by the service and the operator CLI: the one token credential, a small
-//! Azure Resource Manager (ARM) client with bounded retries and our own long-running-operation
-//! polling, and the Entra ID credentials provider for Redis.
+//! Azure access shared by the service and the operator CLI: the one token credential, the one
+//! Azure Resource Manager (ARM) client ([`Arm`]: bounded, jittered retries and our own
+//! long-running-operation polling), the typed NSG security-rule calls on it ([`NsgRules`]), and
+//! the Entra ID credentials provider for Redis.
 //!
-//! What to do with Azure (NSG rules, Container Apps revisions) lives in `faults/`; this module
-//! only knows how to talk to Azure. Azure SDK types stay inside it and `faults::network::azure`.
+//! What to do with Azure (which NSG rules, which Container Apps revisions) lives in `faults/`;
+//! this module only knows how to talk to Azure. Of its Azure SDK types only the credential
+//! (`Arc<dyn TokenCredential>`) crosses its boundary (the Blob Storage SDK is `chaos_store`'s).
 
 mod arm;
+mod nsg;
 mod redis_auth;
 
 use std::sync::Arc;
@@ -13,6 +16,7 @@ use std::sync::Arc;
 use azure_core::credentials::TokenCredential;
 
 pub use arm::{Arm, ArmError, ArmResponse};
+pub use nsg::{NsgRules, SecurityRule};
 pub use redis_auth::EntraRedisAuth;
 
 /// Scope of every ARM token (also when ARM itself is a fake on loopback).
@@ -20,21 +24,7 @@ pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
 /// Scope of the tokens Azure Managed Redis accepts as passwords.
 pub const REDIS_SCOPE: &str = "https://redis.azure.com/.default";
 
-/// A network security group, by name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NsgRef {
-    pub subscription: String,
-    pub resource_group: String,
-    pub nsg: String,
-}
-
-/// A container app, by name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppRef {
-    pub subscription: String,
-    pub resource_group: String,
-    pub name: String,
-}
+pub use crate::config::{AppRef, NsgRef};
 
 impl AppRef {
     /// ARM path of the app (no api-version).

@@ -3,14 +3,16 @@
 //!
 //! One background task fetches tokens and publishes them on a watch channel; every Redis
 //! connection subscribes (redis' `token-based-authentication`) and re-sends `AUTH` on each new
-//! token, so live pooled connections never outlive their password. We use our own provider, not
-//! redis' `entra-id` feature, which would bring a second Azure SDK and OpenSSL.
+//! token, so live pooled connections never outlive their password. A failed fetch is retried
+//! without end on the service's one jittered backoff ([`crate::backoff`]), 200 ms up to 30 s. We use
+//! our own provider, not redis' `entra-id` feature, which would bring a second Azure SDK and OpenSSL.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use azure_core::credentials::TokenCredential;
+use backon::Retryable;
 use base64::Engine as _;
 use futures::Stream;
 use redis::{BasicAuth, RedisResult, StreamingCredentialsProvider};
@@ -22,6 +24,10 @@ use super::REDIS_SCOPE;
 const REFRESH_MARGIN: Duration = Duration::from_secs(240);
 /// ...and never more often than this (short-lived tokens in tests).
 const MIN_REFRESH: Duration = Duration::from_millis(500);
+/// Wait after a first failed fetch; doubles (jittered) for each further one...
+const FIRST_RETRY_WAIT: Duration = Duration::from_millis(200);
+/// ...up to this.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
 
 /// Entra ID credentials for Redis connections; cheap to clone. The refresh task stops when the
 /// last clone is dropped.
@@ -45,34 +51,36 @@ impl EntraRedisAuth {
     pub fn start(credential: Arc<dyn TokenCredential>, username: Option<String>) -> Self {
         let (tx, rx) = watch::channel(None);
         let task = tokio::spawn(async move {
-            let mut failures = 0u32;
+            let credential: &dyn TokenCredential = &*credential;
             loop {
-                let wait = match credential.get_token(&[REDIS_SCOPE], None).await {
-                    Ok(t) => {
-                        failures = 0;
-                        let token = t.token.secret().to_string();
-                        let user = username.clone().or_else(|| oid_claim(&token)).unwrap_or_else(|| {
-                            tracing::warn!(
-                                "the Redis token has no oid claim; set REDIS_USERNAME to the identity's object id"
-                            );
-                            "default".into()
-                        });
-                        tracing::debug!(user = %user, expires_on = %t.expires_on, "new Redis access token");
-                        if tx.send(Some(BasicAuth::new(user, token))).is_err() {
-                            return;
-                        }
-                        let left = (t.expires_on - azure_core::time::OffsetDateTime::now_utc()).unsigned_abs();
-                        // Halfway for short tokens, REFRESH_MARGIN before expiry for long ones.
-                        left.saturating_sub(REFRESH_MARGIN.min(left / 2)).max(MIN_REFRESH)
-                    }
+                // Without end: Redis stops accepting the service once the last token expires.
+                let fetched = (move || credential.get_token(&[REDIS_SCOPE], None))
+                    .retry(crate::backoff::backoff(FIRST_RETRY_WAIT, MAX_RETRY_WAIT, usize::MAX))
+                    .notify(|e: &azure_core::Error, wait: Duration| {
+                        let retry_in_ms = wait.as_millis() as u64;
+                        tracing::error!(error = %e, retry_in_ms, "cannot get a Redis access token");
+                    })
+                    .await;
+                let t = match fetched {
+                    Ok(t) => t,
                     Err(e) => {
-                        failures += 1;
-                        let wait = Duration::from_millis(200 * 2u64.pow(failures.min(8))).min(Duration::from_secs(30));
-                        tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot get a Redis access token");
-                        wait
+                        // Only after usize::MAX retries; start a new schedule.
+                        tracing::error!(error = %e, "cannot get a Redis access token");
+                        continue;
                     }
                 };
-                tokio::time::sleep(wait).await;
+                let token = t.token.secret().to_string();
+                let user = username.clone().or_else(|| oid_claim(&token)).unwrap_or_else(|| {
+                    tracing::warn!("the Redis token has no oid claim; set REDIS_USERNAME to the identity's object id");
+                    "default".into()
+                });
+                tracing::debug!(user = %user, expires_on = %t.expires_on, "new Redis access token");
+                if tx.send(Some(BasicAuth::new(user, token))).is_err() {
+                    return;
+                }
+                let left = (t.expires_on - azure_core::time::OffsetDateTime::now_utc()).unsigned_abs();
+                // Halfway for short tokens, REFRESH_MARGIN before expiry for long ones.
+                tokio::time::sleep(left.saturating_sub(REFRESH_MARGIN.min(left / 2)).max(MIN_REFRESH)).await;
             }
         });
         Self { rx, _task: Arc::new(AbortOnDrop(task)) }

@@ -285,7 +285,7 @@ impl Ctx {
             };
             self.run.finish_step(seq, |s| {
                 s.ended_at = Some(crate::timestamp());
-                s.duration_ms = Some((started.elapsed().as_secs_f64() * 1e6).round() / 1e3);
+                s.duration_ms = Some(crate::round_to(started.elapsed().as_secs_f64() * 1e3, 3));
                 s.outcome = outcome;
                 s.error = error;
             });

@@ -13,10 +13,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use rhai::{Dynamic, Map};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
+
+/// The handle on a running child (defined with the other child-process code; `engine` names it
+/// from here).
+pub use crate::child::Running;
+use crate::child::start_ticks;
 
 /// How long a stopped child may take to write its reports before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -42,7 +46,8 @@ impl LoadgenConfig {
     }
 }
 
-/// What a script asks for: `#{profile, scale, time_scale, host, rate, thresholds}`.
+/// What a script asks for: `#{profile, scale, time_scale, host, rate, thresholds}` (read by the
+/// script API).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spec {
     pub profile: String,
@@ -53,48 +58,7 @@ pub struct Spec {
     pub thresholds: Vec<String>,
 }
 
-const KEYS: &str = "profile, scale, time_scale, host, rate, thresholds";
-
 impl Spec {
-    pub fn from_map(m: &Map, default_host: &str) -> Result<Self, String> {
-        let mut spec = Spec {
-            profile: "staged".into(),
-            scale: 1.0,
-            time_scale: 1.0,
-            host: default_host.into(),
-            rate: None,
-            thresholds: Vec::new(),
-        };
-        for (k, v) in m {
-            let number = |v: &Dynamic| -> Result<f64, String> {
-                let f = v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as f64));
-                match f {
-                    Some(f) if f.is_finite() && f > 0.0 => Ok(f),
-                    _ => Err(format!("loadgen option '{k}' must be a number more than 0, got {v}")),
-                }
-            };
-            let text = |v: &Dynamic| {
-                v.clone()
-                    .into_string()
-                    .map_err(|_| format!("loadgen option '{k}' must be a string, got {}", v.type_name()))
-            };
-            match k.as_str() {
-                "profile" => spec.profile = text(v)?,
-                "scale" => spec.scale = number(v)?,
-                "time_scale" => spec.time_scale = number(v)?,
-                "host" => spec.host = text(v)?,
-                "rate" => spec.rate = Some(number(v)?),
-                "thresholds" => {
-                    let list =
-                        v.clone().into_array().map_err(|_| "loadgen option 'thresholds' must be an array of rules")?;
-                    spec.thresholds = list.iter().map(text).collect::<Result<_, _>>()?;
-                }
-                other => return Err(format!("unknown loadgen option '{other}' (known: {KEYS})")),
-            }
-        }
-        Ok(spec)
-    }
-
     fn args(&self, json: &Path, html: &Path) -> Vec<String> {
         let mut a = vec![
             "--profile".into(),
@@ -126,14 +90,8 @@ impl Spec {
     }
 }
 
-/// A running child. Its outcome stays readable after it ends (several calls may wait).
-pub struct Running {
-    pid: u32,
-    start_ticks: u64,
-    stop: watch::Sender<bool>,
-    outcome: watch::Receiver<Option<Result<Value, String>>>,
-}
-
+// `Running` (the handle on a child) lives in `crate::child`, where the fault ledger reaches it
+// without depending on `chaos`; how a child is started is this module's.
 impl Running {
     /// Starts `loadgen`; `progress` gets each progress object. Reports go to
     /// `<reports_dir>/<name>.json|.html`.
@@ -221,54 +179,6 @@ impl Running {
         });
         Ok(Running { pid, start_ticks: start_ticks(pid).unwrap_or(0), stop, outcome })
     }
-
-    /// The child's pid (also its process group).
-    pub fn pid(&self) -> u32 {
-        self.pid
-    }
-
-    /// When the child started, in clock ticks since boot (tells it from a later process that
-    /// reuses the pid).
-    pub fn start_ticks(&self) -> u64 {
-        self.start_ticks
-    }
-
-    /// Asks the child to stop (graceful: it still writes its report).
-    pub fn stop(&self) {
-        let _ = self.stop.send(true);
-    }
-
-    /// Waits for the child to end; the script's summary.
-    pub async fn wait(&self) -> Result<Value, String> {
-        let mut rx = self.outcome.clone();
-        let r = rx.wait_for(Option::is_some).await.map_err(|_| "loadgen: the child's watcher ended".to_string())?;
-        r.clone().expect("waited for Some")
-    }
-}
-
-/// Field 22 of `/proc/<pid>/stat`: the process's start time in clock ticks since boot.
-pub fn start_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-/// Kills the process group of a loadgen child if `pid` is still the process that started at
-/// `ticks` (0 = unknown: the group is killed if it exists). Returns whether anything was killed.
-pub fn kill_group(pid: u32, ticks: u64) -> bool {
-    if pid == 0 {
-        return false;
-    }
-    match start_ticks(pid) {
-        Some(t) if ticks == 0 || t == ticks => {}
-        // The leader is gone (or another process has its pid): members may remain, but a pid
-        // reused by something else must not be touched.
-        Some(_) => return false,
-        None => {}
-    }
-    let group = nix::unistd::Pid::from_raw(pid as i32);
-    nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL).is_ok()
 }
 
 fn stop_asked(rx: &watch::Receiver<bool>) -> bool {
@@ -288,7 +198,7 @@ fn read_summary(path: &Path) -> Result<Value, String> {
         "p95_ms": t.p95_ms,
         "p99_ms": t.p99_ms,
         "max_ms": t.max_ms,
-        "duration_s": crate::loadgen::report::round2(report.duration_s),
+        "duration_s": crate::round_to(report.duration_s, 2),
         "max_users": report.max_users,
         "passed": report.passed,
         "report": path.display().to_string(),
@@ -299,28 +209,4 @@ fn read_summary(path: &Path) -> Result<Value, String> {
         v["late"] = o.late.into();
     }
     Ok(v)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn options_are_checked_by_name() {
-        let mut m = Map::new();
-        m.insert("profile".into(), "spike".into());
-        m.insert("scale".into(), Dynamic::from_float(0.01));
-        m.insert("time_scale".into(), Dynamic::from_int(1));
-        let s = Spec::from_map(&m, "http://127.0.0.1:1").unwrap();
-        assert_eq!(
-            (s.profile.as_str(), s.scale, s.time_scale, s.host.as_str()),
-            ("spike", 0.01, 1.0, "http://127.0.0.1:1")
-        );
-        m.insert("users".into(), Dynamic::from_int(5));
-        let e = Spec::from_map(&m, "x").unwrap_err();
-        assert!(e.contains("unknown loadgen option 'users'") && e.contains("time_scale"), "{e}");
-        let mut m = Map::new();
-        m.insert("scale".into(), Dynamic::from_int(0));
-        assert!(Spec::from_map(&m, "x").unwrap_err().contains("'scale' must be a number more than 0"));
-    }
 }

@@ -14,6 +14,7 @@ pub mod report_page;
 pub mod retention;
 pub mod sandbox;
 pub mod script_api;
+mod stop;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use crate::faults::ledger::{self, Outcome};
 use catalog::Catalog;
 use engine::Deps;
 use report::{Recovered, RunReport, RunShared, RunStatus, RunSummary, ScriptError, StopReason};
+pub use stop::{Stop, StopReport};
 
 /// Default and largest `timeout_seconds` of a run.
 pub const DEFAULT_TIMEOUT_SECONDS: u64 = 900;
@@ -134,7 +136,7 @@ impl Runs {
         dir: PathBuf,
         max_concurrent: usize,
         limits: report::RunLimits,
-        retain: retention::Retain,
+        retain: crate::config::Retain,
         recovered: &[Outcome],
     ) -> std::io::Result<Self> {
         std::fs::create_dir_all(&dir)?;
@@ -511,67 +513,6 @@ impl Runs {
             },
         }
     }
-
-    /// Asks every run to stop; returns them.
-    pub fn request_stop_all(&self, reason: StopReason) -> Vec<Arc<RunShared>> {
-        let runs: Vec<Arc<RunShared>> = self.active.lock().unwrap().values().cloned().collect();
-        for r in &runs {
-            r.request_stop(reason);
-        }
-        runs
-    }
-
-    /// Waits (up to `within`) until each of `runs` has ended.
-    pub async fn wait_ended(&self, runs: &[Arc<RunShared>], within: Duration) {
-        let waits = runs.iter().map(|r| {
-            let mut done = r.done.subscribe();
-            async move {
-                let _ = done.wait_for(|d| *d).await;
-            }
-        });
-        if tokio::time::timeout(within, futures::future::join_all(waits)).await.is_err() {
-            tracing::error!("some runs did not end within {within:?}; the fault ledger undoes their faults");
-        }
-    }
-
-    /// Refuses new runs and stops the running ones (SIGTERM).
-    pub async fn shutdown(&self, within: Duration) {
-        self.accepting.store(false, Ordering::SeqCst);
-        let runs = self.request_stop_all(StopReason::Shutdown);
-        self.wait_ended(&runs, within).await;
-    }
-}
-
-/// What the kill switch did on this replica.
-pub struct KillReport {
-    pub halt: crate::faults::ledger::Halt,
-    /// The runs it cancelled (they end on their own threads).
-    pub runs: Vec<Arc<RunShared>>,
-    /// Every fault the ledger undid (or failed to).
-    pub outcomes: Vec<Outcome>,
-    /// Network faults the backend held that the ledger did not know, removed.
-    pub unknown: Result<usize, crate::faults::FaultError>,
-    /// From the start to every fault undone.
-    pub all_clear_ms: f64,
-}
-
-/// The kill switch on this replica: halts first (no new run or fault from here on), cancels every
-/// run (cutting their rollbacks short), has the ledger undo every fault of every owner, and
-/// removes the backend's faults the ledger does not know (an operator CLI's NSG rule). The one
-/// implementation of "stop everything": `POST /chaos/stop` and the fleet's latch both call it.
-pub async fn kill_switch(
-    runs: &Runs,
-    ledger: &Arc<crate::faults::ledger::Ledger>,
-    network: &dyn crate::faults::network::NetworkBackend,
-    by: &str,
-) -> KillReport {
-    let started = std::time::Instant::now();
-    let halt = ledger.halt(by);
-    let runs = runs.request_stop_all(StopReason::KillSwitch);
-    let outcomes = ledger.undo_all().await;
-    let unknown = network.clear_all().await;
-    let all_clear_ms = (started.elapsed().as_secs_f64() * 1e6).round() / 1e3;
-    KillReport { halt, runs, outcomes, unknown, all_clear_ms }
 }
 
 /// Time-ordered (milliseconds), readable and unique: `20261122T174300123Z-1a2b3c`.

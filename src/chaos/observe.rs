@@ -22,7 +22,8 @@ use super::engine::Deps;
 use super::guard::{self, HealthSample, LoadSample};
 use super::report::{Breach, FaultSpan, HealthPoint, Impact, LoadPoint, RunReport, RunShared, StopReason};
 use crate::faults::ledger::{EntryState, Ledger};
-use crate::loadgen::report::{Second, round2};
+use crate::loadgen::report::Second;
+use crate::round_to;
 
 /// Points (load and health together) a run's series keeps; later ones are counted in
 /// `truncated.series`. An hour (the longest run) of health and four generators fits.
@@ -110,7 +111,7 @@ impl Observer {
             Ok(r) => {
                 let ok = r.status().is_success();
                 let body = r.text().await.unwrap_or_default();
-                let latency = round2(started.elapsed().as_secs_f64() * 1000.0);
+                let latency = round_to(started.elapsed().as_secs_f64() * 1000.0, 2);
                 let healthy = ok && !crate::loadgen::unhealthy(&body);
                 (if healthy { "healthy" } else { "unhealthy" }, Some(latency))
             }
@@ -183,7 +184,7 @@ impl Observer {
             at: crate::timestamp(),
             offset_s: t,
             metric: v.metric.to_string(),
-            observed: round2(v.observed),
+            observed: round_to(v.observed, 2),
             threshold: v.threshold,
             requests: v.requests,
             guard,
@@ -308,13 +309,13 @@ fn impact(r: &RunReport, recovered_at: Option<f64>) -> Option<Impact> {
     let budget_pct = r.guards.iter().filter_map(|g| g.error_rate_pct).min_by(f64::total_cmp);
     let allowed = budget_pct.map(|p| requests as f64 * p / 100.0).filter(|a| *a > 0.0);
     Some(Impact {
-        time_to_detect_s: detected.map(|(t, _)| round2((t - first_applied).max(0.0))),
+        time_to_detect_s: detected.map(|(t, _)| round_to((t - first_applied).max(0.0), 2)),
         detected_by: detected.map(|(_, by)| by.to_string()),
-        time_to_recover_s: recovered.map(round2),
+        time_to_recover_s: recovered.map(|r| round_to(r, 2)),
         requests,
         failures,
-        error_rate_pct: if requests > 0 { round2(failures as f64 * 100.0 / requests as f64) } else { 0.0 },
-        error_budget_burned_pct: allowed.map(|a| round2(failures as f64 * 100.0 / a)),
+        error_rate_pct: if requests > 0 { round_to(failures as f64 * 100.0 / requests as f64, 2) } else { 0.0 },
+        error_budget_burned_pct: allowed.map(|a| round_to(failures as f64 * 100.0 / a, 2)),
         unhealthy_s: r.series.health.iter().filter(|h| h.state != "healthy").count() as f64 * guard::SAMPLE_S,
     })
 }

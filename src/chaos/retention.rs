@@ -13,82 +13,10 @@ use chrono::{DateTime, NaiveDateTime, TimeDelta, Utc};
 use serde::Deserialize;
 
 use super::report::RunSummary;
-
-/// `RUNS_RETAIN`'s default: the newest 1000 runs, none older than 30 days.
-pub const DEFAULT: &str = "1000,30d";
+use crate::config::Retain;
 
 /// How often a running service prunes (it also prunes at startup).
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
-
-/// What run history to keep.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retain {
-    /// The newest runs kept (`usize::MAX` when `RUNS_RETAIN` gives only an age).
-    pub max_runs: usize,
-    /// Runs that ended longer ago than this are deleted; `None` when `RUNS_RETAIN` gives only a
-    /// count.
-    pub max_age: Option<Duration>,
-}
-
-impl Default for Retain {
-    fn default() -> Self {
-        Self { max_runs: 1000, max_age: Some(Duration::from_secs(30 * 86_400)) }
-    }
-}
-
-/// Parses `RUNS_RETAIN`: `"<count>"`, `"<age>"` or `"<count>,<age>"`, the age a whole number of
-/// days, hours or minutes (`30d`, `12h`, `90m`).
-pub fn parse(s: &str) -> Result<Retain, String> {
-    let bad = |why: &str| {
-        format!(
-            "RUNS_RETAIN must be '<count>', '<age>' or '<count>,<age>', the age in days, hours or minutes \
-             (e.g. '1000,30d', '500', '12h'); {why}, got '{s}'"
-        )
-    };
-    let parts: Vec<&str> = s.split(',').map(str::trim).collect();
-    if parts.len() > 2 {
-        return Err(bad("it has more than two parts"));
-    }
-    let (mut max_runs, mut max_age) = (None, None);
-    for part in parts {
-        if part.is_empty() {
-            return Err(bad("a part is empty"));
-        }
-        if part.bytes().all(|b| b.is_ascii_digit()) {
-            let n: usize = part.parse().map_err(|_| bad("the count is too large"))?;
-            if n == 0 {
-                return Err(bad("a count of 0 would delete every run"));
-            }
-            if max_runs.replace(n).is_some() {
-                return Err(bad("it gives two counts"));
-            }
-        } else {
-            let age = parse_age(part).ok_or_else(|| bad(&format!("'{part}' is neither a count nor an age")))?;
-            if age.is_zero() {
-                return Err(bad("an age of 0 would delete every run"));
-            }
-            if max_age.replace(age).is_some() {
-                return Err(bad("it gives two ages"));
-            }
-        }
-    }
-    Ok(Retain { max_runs: max_runs.unwrap_or(usize::MAX), max_age })
-}
-
-/// `30d`, `12h`, `90m`.
-fn parse_age(s: &str) -> Option<Duration> {
-    let unit = match s.chars().last()? {
-        'd' => 86_400,
-        'h' => 3_600,
-        'm' => 60,
-        _ => return None,
-    };
-    let n = &s[..s.len() - 1];
-    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    n.parse::<u64>().ok()?.checked_mul(unit).map(Duration::from_secs)
-}
 
 /// Deletes the finished journals of `dir` beyond the newest `max_runs` runs or that ended more
 /// than `max_age` ago, with their loadgen reports. Returns the ids pruned, oldest first. Files it
@@ -222,32 +150,6 @@ fn loadgen_reports(dir: &Path) -> Vec<(String, PathBuf)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_a_count_an_age_or_both() {
-        let day = 86_400;
-        assert_eq!(parse(DEFAULT).unwrap(), Retain::default());
-        assert_eq!(parse("1000,30d").unwrap(), Retain { max_runs: 1000, max_age: Some(Duration::from_secs(30 * day)) });
-        assert_eq!(parse("50").unwrap(), Retain { max_runs: 50, max_age: None });
-        assert_eq!(
-            parse("12h").unwrap(),
-            Retain { max_runs: usize::MAX, max_age: Some(Duration::from_secs(12 * 3600)) }
-        );
-        assert_eq!(parse(" 90m , 7 ").unwrap(), Retain { max_runs: 7, max_age: Some(Duration::from_secs(90 * 60)) });
-    }
-
-    #[test]
-    fn bad_values_name_the_variable_and_give_an_example() {
-        for bad in ["", "0", "0,30d", "30x", "d", "1,2", "1d,2h", "1,2d,3", "-5", "0d", "1.5d", "99999999999999999999"]
-        {
-            let Err(e) = parse(bad) else { panic!("'{bad}' was accepted") };
-            assert!(
-                e.contains("RUNS_RETAIN") && e.contains("'1000,30d'") && e.contains(&format!("got '{bad}'")),
-                "{e}"
-            );
-        }
-        assert!(parse("0").unwrap_err().contains("a count of 0 would delete every run"));
-    }
 
     /// A journal as `Runs` writes it (only the fields pruning reads, plus one it skips).
     fn journal(dir: &Path, started: DateTime<Utc>, suffix: &str, status: &str) -> String {

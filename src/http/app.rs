@@ -46,7 +46,7 @@ pub struct Index {
         timeout: <cause>` or `Redis authentication failed: <cause>` (rarely `Redis command failed: <cause>`).", body = ErrorBody),
 ))]
 async fn index(State(state): State<AppState>) -> Result<Json<Index>, ApiError> {
-    let redis_data = match &state.store {
+    let redis_data = match &state.lab.store {
         None => "Redis unavailable".to_string(),
         Some(store) => {
             let count = fastrand::f64() < state.config.request_counter_sample_rate;
@@ -99,7 +99,7 @@ pub struct RedisHealth {
     (status = 503, description = "Unhealthy: the Redis PING failed (now or within the cache TTL).", body = Health),
 ))]
 async fn health(State(state): State<AppState>) -> Response {
-    let Some(store) = &state.store else {
+    let Some(store) = &state.lab.store else {
         let redis =
             RedisHealth { connected: false, latency_ms: None, latency_us: None, error: None, enabled: Some(false) };
         return Json(Health { status: "healthy", redis, timestamp: crate::timestamp() }).into_response();

@@ -19,8 +19,7 @@ use crate::faults::hang::{HangScope, HangStatus};
 use crate::faults::ledger::{Applied, FaultKind, Intent, Undo};
 use crate::faults::ledger::{Entry, Halt};
 use crate::faults::load::{LoadLevel, LoadStatus};
-use crate::faults::network::NetworkFault;
-use crate::faults::network::NetworkFaultKind;
+use crate::faults::network::{NetworkFault, NetworkFaultKind, ProxyStatus};
 use crate::faults::{self, FaultError, hang::HangEnd};
 use crate::fleet::{FleetFault, Selector};
 use crate::fleet::{FleetStatus, ReplicaSelector};
@@ -40,8 +39,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 fn targets(state: &AppState, replicas: &Value) -> Result<Option<Vec<String>>, ApiError> {
     let sel = Selector::parse(replicas)
         .map_err(|e| ApiError::Unprocessable(format!("Invalid value for field 'replicas': {e}")))?;
-    let chosen = state.fleet.resolve(&sel).map_err(|e| ApiError::Fault(FaultError::Invalid(e)))?;
-    Ok((!state.fleet.is_only_me(&chosen)).then_some(chosen))
+    let chosen = state.lab.fleet.resolve(&sel).map_err(|e| ApiError::Fault(FaultError::Invalid(e)))?;
+    Ok((!state.lab.fleet.is_only_me(&chosen)).then_some(chosen))
 }
 
 /// Publishes a fault for other replicas, owned by `endpoint`, leased for `duration`.
@@ -54,7 +53,7 @@ async fn apply_fleet(
     fault.owner = OWNER.into();
     fault.lease_expires_at =
         chrono::Utc::now() + chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::days(1));
-    let (_, f) = state.fleet.apply_fleet(&state.ledger, fault, kind).await?;
+    let (_, f) = state.lab.fleet.apply_fleet(&state.lab.ledger, fault, kind).await?;
     Ok(f)
 }
 
@@ -145,11 +144,12 @@ async fn load(
             fleet_fault: Some(f.id),
         }));
     }
-    let faults = state.faults.clone();
+    let faults = state.lab.faults.clone();
     let level = req.level.clone();
     let secs = req.duration_seconds;
     let duration = Duration::from_secs(u64::try_from(secs).unwrap_or(0));
     let (_, _started) = state
+        .lab
         .ledger
         .apply(intent(FaultKind::Load, format!("{} load", req.level), duration), async move {
             let started = faults.start_load(&level, secs)?;
@@ -280,10 +280,11 @@ async fn hang(
             fleet_fault: f.id,
         })));
     }
-    let faults = state.faults.clone();
+    let faults = state.lab.faults.clone();
     let (secs, scope) = (req.duration_seconds, req.scope.clone());
     let duration = u64::try_from(secs).ok().filter(|s| *s > 0).map_or(FOREVER, Duration::from_secs);
     let (id, ticket) = state
+        .lab
         .ledger
         .apply(intent(FaultKind::Hang, format!("{} hang", req.scope), duration), async move {
             let ticket = faults.start_hang(secs, &scope)?;
@@ -298,11 +299,11 @@ async fn hang(
     let scope = ticket.scope;
     let (end, took) = ticket.wait().await;
     // Ended (by its time, the kill switch or shutdown): settle the entry.
-    state.ledger.undo(&id).await;
+    state.lab.ledger.undo(&id).await;
     Ok(Json(HangReply::Completed(HangCompleted {
         status: "hang_completed",
         scope,
-        duration_seconds: (took.as_secs_f64() * 1000.0).round() / 1000.0,
+        duration_seconds: crate::round_to(took.as_secs_f64(), 3),
         interrupted: end == HangEnd::Stopped,
     })))
 }
@@ -367,7 +368,7 @@ async fn redis_reset(
     State(state): State<AppState>,
     JsonBody(req): JsonBody<ResetRequest>,
 ) -> Result<Json<ResetReply>, ApiError> {
-    state.ledger.check_open()?;
+    state.lab.ledger.check_open()?;
     if let Some(replicas) = targets(&state, &req.replicas)? {
         let fault = FleetFault::new("redis_reset", None, 30, None, replicas);
         let f = apply_fleet(&state, FaultKind::RedisReset, fault, Duration::from_secs(30)).await?;
@@ -381,7 +382,7 @@ async fn redis_reset(
             timestamp: crate::timestamp(),
         }));
     }
-    let report = faults::redis_reset(state.store.as_ref(), req.force).await?;
+    let report = faults::redis_reset(state.lab.store.as_ref(), req.force).await?;
     Ok(Json(ResetReply {
         status: "redis_connections_reset",
         connections_closed: Some(report.connections_closed),
@@ -443,15 +444,6 @@ struct NetworkStatus {
 }
 
 #[derive(Serialize, ToSchema)]
-struct ProxyStatus {
-    listen: String,
-    upstream: String,
-    connections: usize,
-    blackholed: usize,
-    latency_ms: u64,
-}
-
-#[derive(Serialize, ToSchema)]
 struct RunsStatus {
     /// Runs in progress.
     active: usize,
@@ -473,7 +465,7 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
         address: format!("127.0.0.1:{}", d.port),
         note: d.describe(),
     });
-    let redis = match &state.store {
+    let redis = match &state.lab.store {
         None => RedisStatus { enabled: false, connected: false, connection_count: 0, last_reset: None, dev_server },
         Some(store) => RedisStatus {
             enabled: true,
@@ -484,30 +476,23 @@ async fn status(State(state): State<AppState>) -> Json<Status> {
         },
     };
     Json(Status {
-        load: state.faults.load.status(),
-        hang: state.faults.hang.status(),
+        load: state.lab.faults.load.status(),
+        hang: state.lab.faults.hang.status(),
         redis,
         network: network_status(&state),
         runs: RunsStatus { active: state.runs.active_count(), last: state.runs.last() },
-        halted: state.ledger.halted().is_some(),
-        halt: state.ledger.halted(),
-        faults: state.ledger.list(),
-        fleet: state.fleet.status(),
+        halted: state.lab.ledger.halted().is_some(),
+        halt: state.lab.ledger.halted(),
+        faults: state.lab.ledger.list(),
+        fleet: state.lab.fleet.status(),
         timestamp: crate::timestamp(),
     })
 }
 
 fn network_status(state: &AppState) -> NetworkStatus {
-    let faults = state.network.faults();
+    let faults = state.lab.network.faults();
     let blocked = faults.iter().any(|f| f.kind == NetworkFaultKind::Block);
-    let proxy = state.proxy.as_ref().map(|p| ProxyStatus {
-        listen: p.addr().to_string(),
-        upstream: p.upstream().to_string(),
-        connections: p.connection_count(),
-        blackholed: p.blackholed_count(),
-        latency_ms: p.latency_ms(),
-    });
-    NetworkStatus { backend: state.network.name(), blocked, faults, proxy }
+    NetworkStatus { backend: state.lab.network.name(), blocked, faults, proxy: state.lab.network.proxy() }
 }
 
 /// What `GET /chaos/faults` answers.
@@ -526,7 +511,7 @@ struct FaultList {
 #[utoipa::path(get, path = "/chaos/faults", tag = "chaos", operation_id = "listFaults",
     responses((status = 200, description = "The ledger.", body = FaultList)))]
 async fn list_faults(State(state): State<AppState>) -> Json<FaultList> {
-    Json(FaultList { faults: state.ledger.list(), halt: state.ledger.halted() })
+    Json(FaultList { faults: state.lab.ledger.list(), halt: state.lab.ledger.halted() })
 }
 
 #[derive(Serialize, ToSchema)]
@@ -548,6 +533,6 @@ struct ForgottenFault {
         (status = 409, description = "The fault is not `undo_failed`.", body = ErrorBody),
     ))]
 async fn forget_fault(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ForgottenFault>, ApiError> {
-    let entry = state.ledger.forget(&id)?;
+    let entry = state.lab.ledger.forget(&id)?;
     Ok(Json(ForgottenFault { forgotten: entry }))
 }

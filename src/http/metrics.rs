@@ -31,16 +31,16 @@ async fn scrape(State(state): State<AppState>) -> impl IntoResponse {
 /// Sets the gauges that describe the state right now.
 pub fn sample_gauges(state: &AppState) {
     let m = telemetry::metrics();
-    let (up, count) = match &state.store {
+    let (up, count) = match &state.lab.store {
         Some(s) => (s.link() == LinkState::Up, s.connection_count()),
         None => (false, 0),
     };
     m.redis_connection_status.record(u64::from(up), &[]);
     m.redis_connection_count.record(count as u64, &[]);
-    let faults = state.network.faults();
+    let faults = state.lab.network.faults();
     let active = [
-        ("load", state.faults.load.status().active),
-        ("hang", state.faults.hang.status().active),
+        ("load", state.lab.faults.load.status().active),
+        ("hang", state.lab.faults.hang.status().active),
         ("network_block", faults.iter().any(|f| f.kind == NetworkFaultKind::Block)),
         ("network_latency", faults.iter().any(|f| f.kind == NetworkFaultKind::Latency)),
         ("run", state.runs.active_count() > 0),

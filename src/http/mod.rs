@@ -1,6 +1,7 @@
 //! The HTTP API: one file per resource, each exporting `router()`, assembled by [`router`] with
 //! the middleware every request passes through (request id, trace span, error envelope, hang
-//! gate). Tests call [`router`] through [`crate::serve`], exactly as `main` does.
+//! gate). It builds nothing: [`crate::service::start`] hands it the lab's parts in an
+//! [`AppState`]. Tests call [`router`] through [`crate::serve`], exactly as `main` does.
 
 mod app;
 mod chaos;
@@ -10,11 +11,8 @@ mod metrics;
 pub mod openapi;
 mod runs;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-
-use anyhow::Context;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -25,187 +23,29 @@ use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
-use crate::azure::{Arm, EntraRedisAuth};
 use crate::chaos::Runs;
-use crate::chaos::catalog::Catalog;
 use crate::chaos::engine::Deps;
-use crate::config::{Config, NetworkBackendKind, RedisAuth};
-use crate::faults::Faults;
-use crate::faults::deploy::{ContainerApp, DeployBackend};
-use crate::faults::ledger::Ledger;
-use crate::faults::network::{AzureNsg, Disabled, LocalProxy, NetworkBackend};
-use crate::store::Store;
+use crate::config::Config;
+use crate::dev_redis::DevRedis;
 use error::ApiError;
-
-/// How long SIGTERM waits for runs to end by themselves (their rollbacks, their undo) before the
-/// ledger undoes what is left; a local undo takes milliseconds.
-const SHUTDOWN_UNDO_GRACE: Duration = Duration::from_secs(3);
-/// How long SIGTERM waits for the ledger's undo (ARM calls on Azure): within the platform's grace
-/// period. What is left stays in the ledger file and is undone at the next start.
-const SHUTDOWN_CLEAR_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    /// `None` when `REDIS_ENABLED=false`.
-    pub store: Option<Store>,
-    pub faults: Arc<Faults>,
-    /// The one door for every fault: apply, undo, leases, the halt latch.
-    pub ledger: Arc<Ledger>,
-    pub network: Arc<dyn NetworkBackend>,
-    /// Set when the local backend runs, for the details `/chaos/status` shows.
-    pub proxy: Option<Arc<LocalProxy>>,
-    /// This replica's view of the fleet (alone without CHAOS_STORE_URL).
-    pub fleet: Arc<crate::fleet::Fleet>,
-    /// The development Redis this service started for itself, if any (see `dev_redis`).
-    pub dev_redis: Option<Arc<crate::dev_redis::DevRedis>>,
+    /// The lab's parts (faults, ledger, store, network backend, fleet), the same the engine uses.
+    pub lab: Arc<Deps>,
     pub runs: Arc<Runs>,
+    /// The development Redis this service started for itself, if any (see `dev_redis`).
+    pub dev_redis: Option<Arc<DevRedis>>,
     pub health: Arc<app::HealthCache>,
 }
 
 impl AppState {
-    /// Builds everything the API needs for a service that listens on `addr`: the network fault
-    /// backend (starting the local proxy), the Redis client routed through it, the scenario
-    /// catalog (watched) and the run journals.
-    pub async fn start(mut config: Config, addr: SocketAddr) -> anyhow::Result<Self> {
-        // On a fresh machine: a Redis of our own when nothing is configured or answering. Spawned
-        // from this (the main) thread, which lives as long as the service.
-        let dev_redis = crate::dev_redis::provide(&config).map(Arc::new);
-        if let Some(d) = &dev_redis {
-            config.redis.redis_host = "127.0.0.1".into();
-            config.redis.redis_port = d.port;
-        }
-        let azure = &config.chaos.azure;
-        let backend = config.chaos.network_backend();
-        let app = azure.app();
-        let entra = config.redis.redis_enabled && config.redis.auth() == RedisAuth::Entra;
-        // One credential for ARM and Redis, made only when something needs Azure.
-        let store_url = config.chaos.chaos_store_url.clone().filter(|u| !u.trim().is_empty());
-        let store_signs_in = store_url.as_deref().is_some_and(|u| !u.contains("sig="));
-        let credential = if backend == NetworkBackendKind::Azure || entra || app.is_some() || store_signs_in {
-            Some(crate::azure::credential(azure.azure_client_id.as_deref()).map_err(anyhow::Error::msg)?)
-        } else {
-            None
-        };
-        let (network, proxy): (Arc<dyn NetworkBackend>, _) = match backend {
-            NetworkBackendKind::Azure => {
-                let nsg = azure.nsg().context("NETWORK_FAULT_BACKEND=azure needs AZURE_NSG_NAME and friends")?;
-                let cred = credential.clone().context("the Azure credential is set up for the azure backend")?;
-                let backend =
-                    AzureNsg::new(nsg, azure.azure_nsg_rule_port, &azure.azure_resource_manager_endpoint, cred)?;
-                // Removes what a crashed predecessor left, then keeps looking.
-                backend.start_sweeper(crate::faults::network::azure::SWEEP_INTERVAL);
-                (Arc::new(backend), None)
-            }
-            NetworkBackendKind::Local => {
-                let proxy = LocalProxy::start(
-                    config.redis.redis_host.clone(),
-                    config.redis.redis_port,
-                    config.redis.redis_socket_connect_timeout,
-                )
-                .context("cannot start the local network-fault proxy")?;
-                (proxy.clone(), Some(proxy))
-            }
-            NetworkBackendKind::None => (Arc::new(Disabled), None),
-        };
-        let store = if config.redis.redis_enabled {
-            Some(
-                Store::new(
-                    &config.redis,
-                    proxy.as_ref().map(|p| p.addr()),
-                    match (&credential, entra) {
-                        (Some(c), true) => Some(EntraRedisAuth::start(c.clone(), config.redis.redis_username.clone())),
-                        _ => None,
-                    },
-                )
-                .context("cannot set up the Redis client")?,
-            )
-        } else {
-            None
-        };
-        let faults = Arc::new(Faults::default());
-        // Scripts reach the service over loopback even when it listens on all interfaces.
-        let self_ip: IpAddr = match addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => Ipv4Addr::LOCALHOST.into(),
-            IpAddr::V6(ip) if ip.is_unspecified() => Ipv6Addr::LOCALHOST.into(),
-            ip => ip,
-        };
-        let deploy: Option<Arc<dyn DeployBackend>> = match (app, &credential) {
-            (Some(app), Some(c)) => {
-                let arm = Arm::new(&azure.azure_resource_manager_endpoint, c.clone())?;
-                Some(Arc::new(ContainerApp::new(app, arm)))
-            }
-            _ => None,
-        };
-        let shared = crate::chaos_store::SharedStore::default();
-        let fleet = crate::fleet::Fleet::new(
-            crate::fleet::replica_name(config.chaos.replica_name.as_deref()),
-            store_url.is_some(),
-            shared.clone(),
-        );
-        let ledger = Ledger::open(&config.chaos.runs_dir, faults.clone(), network.clone(), deploy.clone(), shared)
-            .with_context(|| format!("cannot open the fault ledger in RUNS_DIR {}", config.chaos.runs_dir.display()))?;
-        // What a crashed predecessor left is undone before anything new can start.
-        let recovered = ledger.recover().await;
-        ledger.start_timer();
-        let deps = Arc::new(Deps {
-            faults: faults.clone(),
-            ledger: ledger.clone(),
-            rollback_timeout: config.chaos.rollback_timeout_seconds,
-            fleet: fleet.clone(),
-            store: store.clone(),
-            network: network.clone(),
-            deploy,
-            self_url: format!("http://{}", SocketAddr::new(self_ip, addr.port())),
-            http: reqwest::Client::builder().build().context("cannot build the HTTP client")?,
-            handle: tokio::runtime::Handle::current(),
-            loadgen: crate::chaos::loadgen::LoadgenConfig::new(
-                config.chaos.loadgen_bin.clone(),
-                &config.chaos.runs_dir,
-            ),
-        });
-        let catalog = Catalog::load(config.chaos.scenarios_dir.clone());
-        catalog.watch();
-        let runs = Runs::open(
-            deps,
-            catalog,
-            config.chaos.runs_dir.clone(),
-            config.chaos.max_concurrent_runs as usize,
-            config.chaos.run_limits(),
-            config.chaos.runs_retain.clone(),
-            &recovered,
-        )
-        .with_context(|| format!("cannot use RUNS_DIR {}", config.chaos.runs_dir.display()))?;
-        let runs = Arc::new(runs);
-        if let Some(url) = store_url {
-            let local = crate::fleet::Local {
-                runs: runs.clone(),
-                ledger: ledger.clone(),
-                network: network.clone(),
-                faults: faults.clone(),
-                redis: store.clone(),
-            };
-            let cred = credential.clone();
-            let open = move || {
-                let (url, cred) = (url.clone(), cred.clone());
-                async move { crate::chaos_store::azure_blob(&url, cred).await }
-            };
-            fleet.start(open, local);
-        }
-        let ttl = config.health_cache_ttl_seconds;
-        let state = Self {
-            config: Arc::new(config),
-            store,
-            faults,
-            ledger,
-            network,
-            proxy,
-            dev_redis,
-            runs,
-            fleet,
-            health: Arc::new(app::HealthCache::new(ttl)),
-        };
+    /// The HTTP side of a service [`crate::service::start`] has built.
+    pub fn new(config: Arc<Config>, lab: Arc<Deps>, runs: Arc<Runs>, dev_redis: Option<Arc<DevRedis>>) -> Self {
+        let health = Arc::new(app::HealthCache::new(config.health_cache_ttl_seconds));
+        let state = Self { config, lab, runs, dev_redis, health };
         let exporting = ["OTEL_EXPORTER_OTLP_ENDPOINT", "APPLICATIONINSIGHTS_CONNECTION_STRING"]
             .iter()
             .any(|v| std::env::var(v).is_ok_and(|v| !v.trim().is_empty()));
@@ -220,27 +60,7 @@ impl AppState {
                 }
             });
         }
-        Ok(state)
-    }
-
-    /// What SIGTERM triggers: no new run or fault, runs stopped (given a moment to run their
-    /// rollbacks and undo), then the ledger undoes whatever is left, of every owner.
-    pub async fn shutdown(&self) {
-        self.faults.shutdown();
-        self.runs.shutdown(SHUTDOWN_UNDO_GRACE).await;
-        // Bounded: an unreachable ARM must not hold the process past the platform's grace period;
-        // what is not undone stays in the ledger file for the next start.
-        match tokio::time::timeout(SHUTDOWN_CLEAR_TIMEOUT, self.ledger.undo_all()).await {
-            Ok(outcomes) => {
-                for o in outcomes.iter().filter(|o| !o.ok) {
-                    tracing::error!(fault = %o.fault_id, detail = %o.detail, "could not undo a fault at shutdown; the next start retries");
-                }
-            }
-            Err(_) => tracing::error!(
-                seconds = SHUTDOWN_CLEAR_TIMEOUT.as_secs(),
-                "faults not undone in time at shutdown; the next start undoes them (NSG rules also expire)"
-            ),
-        }
+        state
     }
 }
 
@@ -313,7 +133,7 @@ impl opentelemetry::propagation::Extractor for Headers<'_> {
 /// switch, the console or the run API with it: `/chaos/*`, `/console`, `/docs`, `/openapi.json`.
 async fn hang_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if !is_lab_control(req.uri().path()) {
-        state.faults.hang.gate().await;
+        state.lab.faults.hang.gate().await;
     }
     next.run(req).await
 }

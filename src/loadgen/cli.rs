@@ -207,12 +207,12 @@ fn given(matches: &ArgMatches, id: &str) -> bool {
 
 /// A goose whole-second duration (`-t 2m`) as the seconds goose reads.
 fn whole_seconds(s: &str) -> Result<String, String> {
-    crate::duration::parse_whole_secs(s).map(|n| n.to_string())
+    crate::config::duration::parse_whole_secs(s).map(|n| n.to_string())
 }
 
 /// `--timeout` (`500ms`, `15s`, `15`) as the decimal seconds goose reads.
 fn timeout_seconds(s: &str) -> Result<String, String> {
-    let d = crate::duration::parse(s)?;
+    let d = crate::config::duration::parse(s)?;
     if d.is_zero() {
         return Err(format!("'{s}' must be more than 0"));
     }
@@ -221,7 +221,7 @@ fn timeout_seconds(s: &str) -> Result<String, String> {
 
 /// `--interval`: whole seconds, at least 1 (the live line is made of the per-second series).
 fn parse_interval(s: &str) -> Result<u64, String> {
-    match crate::duration::parse_whole_secs(s)? {
+    match crate::config::duration::parse_whole_secs(s)? {
         0 => Err(format!("'{s}' must be at least 1s")),
         n => Ok(n),
     }

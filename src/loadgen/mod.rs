@@ -255,7 +255,7 @@ impl Recorder {
             index as f64
         } else {
             s.done = true;
-            let end = report::round2(elapsed);
+            let end = crate::round_to(elapsed, 2);
             let previous_index = s.last_index;
             if (end.round() as u64) <= previous_index
                 && let Some((mut prev, prev_length)) = s.previous.take()

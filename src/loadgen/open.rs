@@ -17,8 +17,9 @@ use tokio::time::Instant;
 
 use super::histogram::Histogram;
 use super::profile::Segment;
-use super::report::{Endpoint, Figures, OpenFigures, round2};
+use super::report::{Endpoint, Figures, OpenFigures};
 use super::{LIVE, TASKS};
+use crate::round_to;
 
 /// A request sent this long after its intended start is counted as late.
 pub const LATE_MS: f64 = 10.0;
@@ -160,13 +161,13 @@ pub async fn run(host: &str, segments: &[Segment], timeout: Duration) -> Result<
     Ok(Outcome {
         endpoints,
         open: OpenFigures {
-            target_rps: round2(if seconds > 0.0 { target / seconds } else { 0.0 }),
+            target_rps: round_to(if seconds > 0.0 { target / seconds } else { 0.0 }, 2),
             scheduled,
             sent,
             dropped,
             late: shared.late.load(Ordering::Relaxed),
-            max_start_delay_ms: round2(shared.max_delay_us.load(Ordering::Relaxed) as f64 / 1000.0),
-            delivered_rps: round2(if schedule_s > 0.0 { sent as f64 / schedule_s } else { 0.0 }),
+            max_start_delay_ms: round_to(shared.max_delay_us.load(Ordering::Relaxed) as f64 / 1000.0, 2),
+            delivered_rps: round_to(if schedule_s > 0.0 { sent as f64 / schedule_s } else { 0.0 }, 2),
         },
         duration_s,
         max_users: segments.iter().map(|s| s.cap).max().unwrap_or(0),

@@ -124,19 +124,18 @@ impl Figures {
         Self {
             requests,
             failures,
-            rps: round2(if seconds > 0.0 { requests as f64 / seconds } else { 0.0 }),
-            error_rate_pct: round2(if requests > 0 { failures as f64 * 100.0 / requests as f64 } else { 0.0 }),
-            p50_ms: round2(h.percentile_ms(0.50)),
-            p95_ms: round2(h.percentile_ms(0.95)),
-            p99_ms: round2(h.percentile_ms(0.99)),
-            max_ms: round2(h.max_ms()),
-            mean_ms: round2(h.mean_ms()),
+            rps: crate::round_to(if seconds > 0.0 { requests as f64 / seconds } else { 0.0 }, 2),
+            error_rate_pct: crate::round_to(
+                if requests > 0 { failures as f64 * 100.0 / requests as f64 } else { 0.0 },
+                2,
+            ),
+            p50_ms: crate::round_to(h.percentile_ms(0.50), 2),
+            p95_ms: crate::round_to(h.percentile_ms(0.95), 2),
+            p99_ms: crate::round_to(h.percentile_ms(0.99), 2),
+            max_ms: crate::round_to(h.max_ms(), 2),
+            mean_ms: crate::round_to(h.mean_ms(), 2),
         }
     }
-}
-
-pub fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
 }
 
 impl Second {
@@ -157,20 +156,24 @@ impl Second {
             if h.count > 0 {
                 endpoints.insert(
                     name.to_string(),
-                    EndpointSecond { requests: h.count, failures: failed, p95_ms: round2(h.percentile_ms(0.95)) },
+                    EndpointSecond {
+                        requests: h.count,
+                        failures: failed,
+                        p95_ms: crate::round_to(h.percentile_ms(0.95), 2),
+                    },
                 );
             }
         }
         Second {
-            t: round2(t),
+            t: crate::round_to(t, 2),
             users,
             requests: all.count,
             failures,
-            rps: round2(if length_s > 0.0 { all.count as f64 / length_s } else { 0.0 }),
-            p50_ms: round2(all.percentile_ms(0.50)),
-            p95_ms: round2(all.percentile_ms(0.95)),
-            p99_ms: round2(all.percentile_ms(0.99)),
-            max_ms: round2(all.max_ms()),
+            rps: crate::round_to(if length_s > 0.0 { all.count as f64 / length_s } else { 0.0 }, 2),
+            p50_ms: crate::round_to(all.percentile_ms(0.50), 2),
+            p95_ms: crate::round_to(all.percentile_ms(0.95), 2),
+            p99_ms: crate::round_to(all.percentile_ms(0.99), 2),
+            max_ms: crate::round_to(all.max_ms(), 2),
             endpoints,
             histogram: Some(all),
         }
@@ -182,7 +185,7 @@ impl Second {
         self.users += o.users;
         self.requests += o.requests;
         self.failures += o.failures;
-        self.rps = round2(self.rps + o.rps);
+        self.rps = crate::round_to(self.rps + o.rps, 2);
         self.p50_ms = self.p50_ms.max(o.p50_ms);
         self.p95_ms = self.p95_ms.max(o.p95_ms);
         self.p99_ms = self.p99_ms.max(o.p99_ms);
@@ -388,8 +391,9 @@ impl Report {
         let names: BTreeSet<&str> = self.series.iter().flat_map(|s| s.endpoints.keys().map(String::as_str)).collect();
         let mut throughput = vec![line("all", &|s| s.rps)];
         for name in names {
-            throughput
-                .push(line(name, &|s| s.endpoints.get(name).map_or(0.0, |e| round2(e.requests as f64 / length(s)))));
+            throughput.push(line(name, &|s| {
+                s.endpoints.get(name).map_or(0.0, |e| crate::round_to(e.requests as f64 / length(s), 2))
+            }));
         }
         let rules: Vec<(&str, f64, &str)> = self
             .thresholds
@@ -423,7 +427,11 @@ impl Report {
                     title: "Errors".into(),
                     unit: "%".into(),
                     lines: vec![line("error rate", &|s| {
-                        if s.requests > 0 { round2(s.failures as f64 * 100.0 / s.requests as f64) } else { 0.0 }
+                        if s.requests > 0 {
+                            crate::round_to(s.failures as f64 * 100.0 / s.requests as f64, 2)
+                        } else {
+                            0.0
+                        }
                     })],
                     thresholds: thresholds(&["error-rate"]),
                 },

@@ -218,7 +218,7 @@ impl TestService {
         let config = Config::from_args(all).expect("test config parses");
         config.validate().expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let state = AppState::start(config, listener.local_addr().unwrap()).await.unwrap();
+        let state = chaos_lab::service::start(config, listener.local_addr().unwrap()).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(chaos_lab::serve(listener, state.clone(), async move {

@@ -1,5 +1,7 @@
 //! The `azure` network backend: a network fault is an inbound Deny rule in the NSG of the Redis
-//! private-endpoint subnet, written through `azure_mgmt_network` with the managed identity.
+//! private-endpoint subnet, written with the managed identity through [`NsgRules`] (ARM's REST API
+//! on the service's one ARM client, [`crate::azure::Arm`]). This module holds the fault logic only:
+//! names, priorities, expiry, the sweeper, what `/chaos/status` shows.
 //!
 //! - Rules are named `chaos-…`, take priority 100 or the next free one (a collision with a rule
 //!   written meanwhile is retried on the next priority), and carry their run id and expiry in the
@@ -8,8 +10,9 @@
 //!   expired `chaos-` rules at startup and every [`SWEEP_INTERVAL`], so a crash or `kill -9`
 //!   cannot leave Redis blocked; rules without a parseable expiry, and every other rule, are left
 //!   alone.
-//! - The SDK sends the requests (with bounded retries of 429/5xx); the long-running operations
-//!   they start are polled by [`Arm::wait`] on our own cadence, not the SDK's 30 s.
+//! - Each request is retried on 429/5xx and transport errors (bounded, jittered, or after
+//!   Retry-After) and each write or delete returns once ARM has applied it; both are the ARM
+//!   client's business, not this module's.
 //!
 //! Latency and connection resets cannot be expressed with an NSG and are refused.
 
@@ -17,15 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use azure_core::credentials::TokenCredential;
-use azure_mgmt_network::models::security_rule_properties_format::Protocol;
-use azure_mgmt_network::models::{
-    SecurityRule, SecurityRuleAccess, SecurityRuleDirection, SecurityRulePropertiesFormat,
-};
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::StreamExt;
 
 use super::{BlockSpec, LatencySpec, NetworkBackend, NetworkFault, NetworkFaultKind};
-use crate::azure::{ARM_SCOPE, Arm, ArmError, ArmResponse, NsgRef};
+use crate::azure::{Arm, ArmError, NsgRef, NsgRules};
 use crate::faults::FaultError;
 
 /// Prefix of every rule chaos-lab writes; the sweeper and `clear` touch no other rule.
@@ -58,29 +56,12 @@ pub struct AzureNsg {
 }
 
 struct Inner {
-    nsg: NsgRef,
+    /// The NSG's rules, through the one ARM client.
+    rules: NsgRules,
+    /// AZURE_NSG_RULE_PORT: what a block without a port denies (Redis' port).
     default_port: u16,
-    rules: azure_mgmt_network::package_2024_03::security_rules::Client,
-    arm: Arm,
     /// Rules this process wrote and has not removed yet (what `/chaos/status` shows).
     faults: Mutex<Vec<NetworkFault>>,
-}
-
-/// The credential adapter the SDK's older `azure_core` needs (the identity crate caches tokens).
-#[derive(Debug, Clone)]
-struct SdkCredential(Arc<dyn TokenCredential>);
-
-#[async_trait::async_trait]
-impl azure_core_021::auth::TokenCredential for SdkCredential {
-    async fn get_token(&self, scopes: &[&str]) -> azure_core_021::Result<azure_core_021::auth::AccessToken> {
-        let t = self.0.get_token(scopes, None).await.map_err(|e| {
-            azure_core_021::error::Error::new(azure_core_021::error::ErrorKind::Credential, e.to_string())
-        })?;
-        Ok(azure_core_021::auth::AccessToken::new(t.token.secret().to_owned(), t.expires_on))
-    }
-    async fn clear_cache(&self) -> azure_core_021::Result<()> {
-        Ok(())
-    }
 }
 
 impl AzureNsg {
@@ -91,35 +72,15 @@ impl AzureNsg {
         endpoint: &str,
         credential: Arc<dyn TokenCredential>,
     ) -> Result<Self, FaultError> {
-        let url: azure_core_021::Url =
-            endpoint.parse().map_err(|e| FaultError::Invalid(format!("bad ARM endpoint {endpoint}: {e}")))?;
-        let retry = azure_core_021::ExponentialRetryOptions::default()
-            .max_retries(4u32)
-            .initial_delay(Duration::from_millis(500))
-            .max_delay(Duration::from_secs(8))
-            .max_total_elapsed(Duration::from_secs(60));
-        let client = azure_mgmt_network::Client::builder(Arc::new(SdkCredential(credential.clone())))
-            .endpoint(url)
-            // Without this the SDK asks for a token for "<endpoint>/.default", wrong with a fake.
-            .scopes(&[ARM_SCOPE])
-            .retry(azure_core_021::RetryOptions::exponential(retry))
-            .build()
-            .map_err(|e| FaultError::Backend(format!("cannot build the ARM client: {e}")))?;
-        let arm = Arm::new(endpoint, credential).map_err(|e| FaultError::Backend(e.to_string()))?;
+        reqwest::Url::parse(endpoint).map_err(|e| FaultError::Invalid(format!("bad ARM endpoint {endpoint}: {e}")))?;
+        let arm = Arm::new(endpoint, credential).map_err(backend)?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                nsg,
-                default_port,
-                rules: client.security_rules_client(),
-                arm,
-                faults: Mutex::new(Vec::new()),
-            }),
+            inner: Arc::new(Inner { rules: NsgRules::new(arm, nsg), default_port, faults: Mutex::new(Vec::new()) }),
         })
     }
 
-    /// What a 403 names.
-    fn what(&self) -> String {
-        format!("NSG {}", self.inner.nsg.nsg)
+    fn nsg(&self) -> &NsgRef {
+        self.inner.rules.nsg()
     }
 
     /// Every rule of the NSG whose name starts with `chaos-`.
@@ -129,29 +90,19 @@ impl AzureNsg {
 
     /// Every rule of the NSG (priorities of the others matter when choosing ours).
     async fn list_all(&self) -> Result<Vec<ChaosRule>, FaultError> {
-        let n = &self.inner.nsg;
-        let mut pages = self.inner.rules.list(&n.resource_group, &n.nsg, &n.subscription).into_stream();
-        let mut out = Vec::new();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| self.sdk_error(e))?;
-            for rule in page.value {
-                let Some(p) = rule.properties else { continue };
-                if p.direction != SecurityRuleDirection::Inbound {
-                    continue;
-                }
-                let description = p.description.unwrap_or_default();
-                let (run_id, expires_at) = parse_description(&description);
-                out.push(ChaosRule {
-                    name: rule.name.clone().unwrap_or_default(),
-                    priority: p.priority,
-                    port: p.destination_port_range.unwrap_or_default(),
-                    run_id,
-                    expires_at,
-                    description,
-                });
+        let rules = self.inner.rules.list().await.map_err(backend)?;
+        let inbound = rules.into_iter().filter(|r| r.is_inbound()).map(|r| {
+            let (run_id, expires_at) = parse_description(&r.description);
+            ChaosRule {
+                name: r.name,
+                priority: r.priority,
+                port: r.destination_port_range,
+                run_id,
+                expires_at,
+                description: r.description,
             }
-        }
-        Ok(out)
+        });
+        Ok(inbound.collect())
     }
 
     /// Writes one deny rule; returns it. Used by `block` and by the operator CLI.
@@ -173,26 +124,9 @@ impl AzureNsg {
         );
         let taken: Vec<i32> = self.list_all().await?.iter().map(|r| r.priority).collect();
         let mut priority = next_free(&taken, FIRST_PRIORITY);
-        let n = &self.inner.nsg;
         for attempt in 1..=PRIORITY_ATTEMPTS {
-            let mut p = SecurityRulePropertiesFormat::new(
-                Protocol::Tcp,
-                SecurityRuleAccess::Deny,
-                priority,
-                SecurityRuleDirection::Inbound,
-            );
-            p.description = Some(description.clone());
-            p.source_address_prefix = Some("*".into());
-            p.source_port_range = Some("*".into());
-            p.destination_address_prefix = Some("*".into());
-            p.destination_port_range = Some(port.to_string());
-            let mut rule = SecurityRule::new();
-            rule.properties = Some(p);
-            let sent =
-                self.inner.rules.create_or_update(&n.resource_group, &n.nsg, &name, rule, &n.subscription).send().await;
-            match sent {
-                Ok(resp) => {
-                    self.wait_sdk(resp.as_raw_response()).await?;
+            match self.inner.rules.put_inbound_deny(&name, priority, port, &description).await {
+                Ok(()) => {
                     return Ok(ChaosRule {
                         name,
                         priority,
@@ -206,7 +140,7 @@ impl AzureNsg {
                     tracing::warn!(priority, rule = %name, "NSG priority taken meanwhile; trying the next one");
                     priority = next_free(&taken, priority + 1);
                 }
-                Err(e) => return Err(self.sdk_error(e)),
+                Err(e) => return Err(backend(e)),
             }
         }
         unreachable!("the last attempt returns")
@@ -219,18 +153,7 @@ impl AzureNsg {
                 "'{name}' is not a chaos-lab rule (they start with {RULE_PREFIX})"
             )));
         }
-        let n = &self.inner.nsg;
-        let sent = self.inner.rules.delete(&n.resource_group, &n.nsg, name, &n.subscription).send().await;
-        let found = match sent {
-            Ok(resp) => {
-                let raw = resp.as_raw_response();
-                let found = raw.status() as u16 != 204;
-                self.wait_sdk(raw).await?;
-                found
-            }
-            Err(e) if http_status(&e) == Some(404) => false,
-            Err(e) => return Err(self.sdk_error(e)),
-        };
+        let found = self.inner.rules.delete(name).await.map_err(backend)?;
         self.inner.faults.lock().unwrap().retain(|f| f.id != name);
         Ok(found)
     }
@@ -257,47 +180,17 @@ impl AzureNsg {
             loop {
                 tick.tick().await;
                 if let Err(e) = me.sweep_expired().await {
-                    tracing::error!(error = %e, nsg = %me.inner.nsg.nsg, "could not sweep expired NSG chaos rules");
+                    tracing::error!(error = %e, nsg = %me.nsg().nsg, "could not sweep expired NSG chaos rules");
                 }
             }
         });
-    }
-
-    /// Polls the operation an SDK `send()` started.
-    async fn wait_sdk(&self, raw: &azure_core_021::Response) -> Result<(), FaultError> {
-        let mut headers = reqwest::header::HeaderMap::new();
-        for (k, v) in raw.headers().iter() {
-            if let (Ok(k), Ok(v)) = (
-                reqwest::header::HeaderName::from_bytes(k.as_str().as_bytes()),
-                reqwest::header::HeaderValue::from_str(v.as_str()),
-            ) {
-                headers.insert(k, v);
-            }
-        }
-        let first = ArmResponse { status: raw.status() as u16, headers, body: serde_json::Value::Null };
-        self.inner.arm.wait(&first, &self.what()).await.map_err(|e| FaultError::Backend(e.to_string()))
-    }
-
-    fn sdk_error(&self, e: azure_core_021::Error) -> FaultError {
-        let Some(h) = e.as_http_error() else {
-            return FaultError::Backend(format!("ARM request for {} failed: {e}", self.what()));
-        };
-        let status = h.status() as u16;
-        let (code, message) = (h.error_code().unwrap_or("no error code"), h.error_message().unwrap_or("no message"));
-        if status == 403 {
-            let what = self.what();
-            return FaultError::Backend(
-                ArmError::Forbidden { what, code: code.into(), message: message.into() }.to_string(),
-            );
-        }
-        FaultError::Backend(format!("ARM answered {status} for {} ({code}: {message})", self.what()))
     }
 
     fn fault(&self, rule: &ChaosRule) -> NetworkFault {
         NetworkFault {
             id: rule.name.clone(),
             kind: NetworkFaultKind::Block,
-            target: format!("NSG {} port {}", self.inner.nsg.nsg, rule.port),
+            target: format!("NSG {} port {}", self.nsg().nsg, rule.port),
             started_at: crate::timestamp(),
             expires_at: rule.expires_at.map(crate::format_timestamp),
             run_id: rule.run_id.clone(),
@@ -388,16 +281,16 @@ fn next_free(taken: &[i32], from: i32) -> i32 {
     (from..=4096).find(|p| !taken.contains(p)).unwrap_or(4096)
 }
 
-fn http_status(e: &azure_core_021::Error) -> Option<u16> {
-    e.as_http_error().map(|h| h.status() as u16)
-}
-
 /// ARM refuses a second rule with the same priority and direction: 400 `SecurityRuleConflict`
 /// (or a 409 while another write to the NSG is in progress).
-fn is_priority_conflict(e: &azure_core_021::Error) -> bool {
-    e.as_http_error().is_some_and(|h| {
-        h.status() as u16 == 409 || (h.status() as u16 == 400 && h.error_code().is_some_and(|c| c.contains("Conflict")))
-    })
+fn is_priority_conflict(e: &ArmError) -> bool {
+    e.status() == Some(409) || (e.status() == Some(400) && e.code().is_some_and(|c| c.contains("Conflict")))
+}
+
+/// An ARM error as a fault error; its text names the NSG, the status, ARM's code and message (a
+/// 403: what the identity may not touch).
+fn backend(e: ArmError) -> FaultError {
+    FaultError::Backend(e.to_string())
 }
 
 /// `chaos-lab run=<id> expires=<RFC 3339>` → run id and expiry.

@@ -345,6 +345,16 @@ impl NetworkBackend for LocalProxy {
         let now = Instant::now();
         self.shared.lock().faults.iter().filter(|f| f.live(now)).map(|f| f.fault.clone()).collect()
     }
+
+    fn proxy(&self) -> Option<super::ProxyStatus> {
+        Some(super::ProxyStatus {
+            listen: self.addr().to_string(),
+            upstream: self.upstream(),
+            connections: self.connection_count(),
+            blackholed: self.blackholed_count(),
+            latency_ms: self.latency_ms(),
+        })
+    }
 }
 
 /// Waits until the effects satisfy `done`. A closed channel means the proxy is gone: done too.

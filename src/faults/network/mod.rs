@@ -88,6 +88,25 @@ pub trait NetworkBackend: Send + Sync {
     async fn clear_all(&self) -> Result<usize, FaultError>;
     /// Faults in force now (no I/O: this feeds `/chaos/status`).
     fn faults(&self) -> Vec<NetworkFault>;
+    /// The local proxy's state, for `/chaos/status`; `None` for backends without one.
+    fn proxy(&self) -> Option<ProxyStatus> {
+        None
+    }
+}
+
+/// The local backend's proxy, as `/chaos/status.network.proxy` shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ProxyStatus {
+    /// Where the app's Redis client connects.
+    pub listen: String,
+    /// The Redis the proxy forwards to.
+    pub upstream: String,
+    /// Connections through the proxy now.
+    pub connections: usize,
+    /// Connections held open without forwarding (a block without a reset).
+    pub blackholed: usize,
+    /// Added latency in force, in milliseconds.
+    pub latency_ms: u64,
 }
 
 /// `NETWORK_FAULT_BACKEND=none`: network faults are refused, and there is nothing to clear.

@@ -1,6 +1,7 @@
 //! Durations as people type them on a command line: `30` (seconds), `30s`, `1.5s`, `500ms`,
 //! `5m`, `1h`, `1m30s`. One parser for both binaries' flags (`chaos-lab`, `loadgen`); the service's
-//! environment settings stay plain seconds, as the original lab's were.
+//! environment settings stay plain seconds, as the original lab's were; [`seconds_within`] is the
+//! range check both use, and the script API too.
 
 use std::time::Duration;
 
@@ -36,7 +37,13 @@ pub fn parse(s: &str) -> Result<Duration, String> {
 }
 
 fn secs(v: f64) -> Option<Duration> {
-    (0.0..1e9).contains(&v).then(|| Duration::from_secs_f64(v))
+    seconds_within(v, 0.0, 1e9)
+}
+
+/// `v` seconds as a duration when it is a finite number within `min..=max`: the one range check
+/// of every "seconds" a setting, a flag or a script gives.
+pub fn seconds_within(v: f64, min: f64, max: f64) -> Option<Duration> {
+    (v.is_finite() && (min..=max).contains(&v)).then(|| Duration::from_secs_f64(v))
 }
 
 /// Whole seconds, for the flags the API takes as integers (`timeout_seconds`, `--duration`).

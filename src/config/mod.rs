@@ -10,31 +10,20 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser};
 
-use crate::chaos::report::RunLimits;
-use crate::chaos::retention::Retain;
+pub mod duration;
+mod parse;
+
+pub use parse::parse_retain;
+use parse::{
+    boolean, count, parse_host, parse_http_url, parse_log_level, parse_port, parse_rate, parse_redis_host,
+    parse_redis_port, seconds,
+};
 
 /// The shortest CHAOS_API_TOKEN accepted: a shorter one can be guessed or brute-forced.
 pub const MIN_API_TOKEN_CHARS: usize = 16;
 
-/// chaos-lab: a small Redis-backed service that breaks itself on purpose.
-///
-/// Without a subcommand, runs the HTTP service (`GET /`, `GET /health`, `/chaos/*`). Every option
-/// can also be set with the environment variable shown in brackets; a flag wins over the variable.
-/// `check` and `run` help script authors.
-#[derive(Debug, Clone, Parser)]
-#[command(
-    name = "chaos-lab",
-    version,
-    args_override_self = true,
-    after_help = "Examples:\n  chaos-lab                                  # local Redis on localhost:6379, listen on 127.0.0.1:8000\n  REDIS_HOST=10.0.2.4 REDIS_PORT=10000 REDIS_SSL=true APP_HOST=0.0.0.0 chaos-lab\n\nTelemetry (read from the environment; see docs/observability.md):\n  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_PROTOCOL, OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,\n  OTEL_TRACES_SAMPLER(_ARG), APPLICATIONINSIGHTS_CONNECTION_STRING, APPLICATIONINSIGHTS_ENDPOINT\n\nAPI reference: GET /docs on the running service, or docs/api.md."
-)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<crate::cli::Command>,
-
-    #[command(flatten)]
-    pub config: Config,
-}
+/// `RUNS_RETAIN`'s default: the newest 1000 runs, none older than 30 days.
+pub const RETAIN_DEFAULT: &str = "1000,30d";
 
 /// Everything the service needs to start, already validated.
 #[derive(Debug, Clone, Args)]
@@ -100,8 +89,8 @@ pub struct ChaosConfig {
     /// or minutes (`30d`, `12h`, `90m`). Journals and loadgen reports of the runs beyond the newest
     /// <count>, or that ended more than <age> ago, are deleted at startup and hourly; the journal of
     /// a run still running never is.
-    #[arg(long, env = "RUNS_RETAIN", value_name = "RUNS_RETAIN", default_value = crate::chaos::retention::DEFAULT,
-          value_parser = crate::chaos::retention::parse)]
+    #[arg(long, env = "RUNS_RETAIN", value_name = "RUNS_RETAIN", default_value = RETAIN_DEFAULT,
+          value_parser = parse_retain)]
     pub runs_retain: Retain,
 
     /// Most log lines one run keeps (log(), print(), engine notes). Later lines are dropped, one
@@ -215,8 +204,8 @@ pub struct AzureConfig {
 
 impl AzureConfig {
     /// The NSG the azure network backend edits, when all three names are set.
-    pub fn nsg(&self) -> Option<crate::azure::NsgRef> {
-        Some(crate::azure::NsgRef {
+    pub fn nsg(&self) -> Option<NsgRef> {
+        Some(NsgRef {
             subscription: self.azure_subscription_id.clone()?,
             resource_group: self.azure_resource_group.clone()?,
             nsg: self.azure_nsg_name.clone()?,
@@ -224,17 +213,84 @@ impl AzureConfig {
     }
 
     /// This container app, when subscription, group and app name are known.
-    pub fn app(&self) -> Option<crate::azure::AppRef> {
+    pub fn app(&self) -> Option<AppRef> {
         let name = self
             .service_app_name
             .clone()
             .or_else(|| std::env::var("CONTAINER_APP_NAME").ok())
             .filter(|n| !n.trim().is_empty())?;
-        Some(crate::azure::AppRef {
+        Some(AppRef {
             subscription: self.azure_subscription_id.clone()?,
             resource_group: self.azure_resource_group.clone()?,
             name,
         })
+    }
+}
+
+/// What run history to keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retain {
+    /// The newest runs kept (`usize::MAX` when `RUNS_RETAIN` gives only an age).
+    pub max_runs: usize,
+    /// Runs that ended longer ago than this are deleted; `None` when `RUNS_RETAIN` gives only a
+    /// count.
+    pub max_age: Option<Duration>,
+}
+
+impl Default for Retain {
+    fn default() -> Self {
+        Self { max_runs: 1000, max_age: Some(Duration::from_secs(30 * 86_400)) }
+    }
+}
+
+/// A network security group, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NsgRef {
+    pub subscription: String,
+    pub resource_group: String,
+    pub nsg: String,
+}
+
+/// A container app, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRef {
+    pub subscription: String,
+    pub resource_group: String,
+    pub name: String,
+}
+
+/// How much one run may keep in memory and in its journal. Each cap bounds something a script
+/// controls (a loop of `log()`, of calls, of `record()` names); without them one run could exhaust
+/// the service's memory, and an OOM-killed service leaves its faults behind. What goes over a cap
+/// is dropped and counted in the run report's `truncated`; the script itself keeps running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLimits {
+    /// Log lines kept in the report (`RUN_MAX_LOG_LINES`).
+    pub max_log_lines: usize,
+    /// Bytes of log messages kept in the report (`RUN_MAX_LOG_BYTES`): a few huge lines are as
+    /// heavy as many small ones.
+    pub max_log_bytes: usize,
+    /// Steps kept in the timeline (`RUN_MAX_STEPS`).
+    pub max_steps: usize,
+    /// Distinct measurement names (`RUN_MAX_RECORDS`); overwriting a name is always allowed.
+    pub max_records: usize,
+    /// Events kept for replay to late subscribers of the event stream (`RUN_MAX_EVENTS`).
+    pub max_events: usize,
+    /// Bytes of event data (as serialized JSON) kept for replay. Every kept event is a second
+    /// copy of a log line or step, so the replay needs its own byte cap.
+    pub max_event_bytes: usize,
+}
+
+impl Default for RunLimits {
+    fn default() -> Self {
+        Self {
+            max_log_lines: 10_000,
+            max_log_bytes: 4 * 1024 * 1024,
+            max_steps: 10_000,
+            max_records: 1_000,
+            max_events: 20_000,
+            max_event_bytes: 8 * 1024 * 1024,
+        }
     }
 }
 
@@ -426,25 +482,24 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let matches = Cli::command()
+        #[derive(Parser)]
+        #[command(name = "chaos-lab")]
+        struct Service {
+            #[command(flatten)]
+            config: Config,
+        }
+        let matches = Service::command()
             .try_get_matches_from(std::iter::once("chaos-lab".into()).chain(args.into_iter().map(Into::into)))?;
-        Cli::from_matches(&matches).map(|c| c.config)
-    }
-}
-
-impl Cli {
-    /// Parses the process's arguments and environment (exits with clap's message on an error).
-    pub fn parse_all() -> Self {
-        let matches = Cli::command().get_matches();
-        Cli::from_matches(&matches).unwrap_or_else(|e| e.exit())
+        Self::from_matches(&matches)
     }
 
-    /// What was parsed, plus which settings were given rather than defaulted.
-    fn from_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
-        let mut cli = Cli::from_arg_matches(m)?;
+    /// The settings parsed into `m` (by any command that flattens [`Config`]), plus which were
+    /// given rather than defaulted.
+    pub fn from_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut config = Self::from_arg_matches(m)?;
         let given = |id: &str| m.value_source(id).is_some_and(|s| s != ValueSource::DefaultValue);
-        cli.config.redis.redis_address_given = given("redis_host") || given("redis_port");
-        Ok(cli)
+        config.redis.redis_address_given = given("redis_host") || given("redis_port");
+        Ok(config)
     }
 }
 
@@ -471,90 +526,6 @@ impl ChaosConfig {
             )),
             _ => Ok(()),
         }
-    }
-}
-
-fn parse_host(s: &str) -> Result<IpAddr, String> {
-    s.trim().parse().map_err(|_| format!("APP_HOST must be an IP address such as 127.0.0.1 or 0.0.0.0, got '{s}'"))
-}
-
-fn parse_port(s: &str) -> Result<u16, String> {
-    s.trim().parse().map_err(|_| format!("APP_PORT must be a port number from 0 to 65535, got '{s}'"))
-}
-
-fn parse_redis_port(s: &str) -> Result<u16, String> {
-    match s.trim().parse::<u16>() {
-        Ok(p) if p > 0 => Ok(p),
-        _ => Err(format!("REDIS_PORT must be a port number from 1 to 65535, got '{s}'")),
-    }
-}
-
-fn parse_redis_host(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    if s.is_empty() || s.contains(['/', ' ', '@']) {
-        return Err(format!("REDIS_HOST must be a host name or IP address, got '{s}'"));
-    }
-    Ok(s.to_string())
-}
-
-/// A parser for an http(s) base URL; the trailing slash is dropped.
-fn parse_http_url(name: &'static str) -> impl Fn(&str) -> Result<String, String> + Clone {
-    move |s: &str| {
-        let t = s.trim().trim_end_matches('/');
-        match reqwest::Url::parse(t) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(t.to_string()),
-            _ => Err(format!("{name} must be an http(s) URL such as https://management.azure.com, got '{s}'")),
-        }
-    }
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.trim().parse::<f64>() {
-        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
-        _ => Err(format!("REQUEST_COUNTER_SAMPLE_RATE must be a number from 0.0 to 1.0, got '{s}'")),
-    }
-}
-
-fn parse_log_level(s: &str) -> Result<String, String> {
-    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
-    let s = s.trim().to_ascii_lowercase();
-    let message = || {
-        format!(
-            "LOG_LEVEL must be one of trace, debug, info, warn, error, off, or a tracing directive like \
-             'chaos_lab=debug,info', got '{s}'"
-        )
-    };
-    // A bare word must be a level: EnvFilter would take a typo such as "verbose" as a target name
-    // and silently log nothing.
-    if !s.contains(['=', ',']) && !LEVELS.contains(&s.as_str()) {
-        return Err(message());
-    }
-    tracing_subscriber::EnvFilter::try_new(&s).map_err(|e| format!("{} ({e})", message()))?;
-    Ok(s)
-}
-
-/// A parser for a number of seconds (fractions allowed) within `min..=max`.
-fn seconds(name: &'static str, min: f64, max: f64) -> impl Fn(&str) -> Result<Duration, String> + Clone {
-    move |s: &str| match s.trim().parse::<f64>() {
-        Ok(v) if v.is_finite() && (min..=max).contains(&v) => Ok(Duration::from_secs_f64(v)),
-        _ => Err(format!("{name} must be a number of seconds from {min} to {max}, got '{s}'")),
-    }
-}
-
-/// A parser for a whole number within `min..=max`.
-fn count(name: &'static str, min: usize, max: usize) -> impl Fn(&str) -> Result<usize, String> + Clone {
-    move |s: &str| match s.trim().parse::<usize>() {
-        Ok(v) if (min..=max).contains(&v) => Ok(v),
-        _ => Err(format!("{name} must be a whole number from {min} to {max}, got '{s}'")),
-    }
-}
-
-/// A parser for booleans that accepts what Python's lab accepted (`true/false/1/0/yes/no`).
-fn boolean(name: &'static str) -> impl Fn(&str) -> Result<bool, String> + Clone {
-    move |s: &str| match s.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(format!("{name} must be true or false (also accepted: 1/0, yes/no, on/off), got '{s}'")),
     }
 }
 
