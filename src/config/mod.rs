@@ -483,7 +483,7 @@ impl Config {
         T: Into<std::ffi::OsString> + Clone,
     {
         #[derive(Parser)]
-        #[command(name = "chaos-lab")]
+        #[command(name = "chaos-lab", args_override_self = true)]
         struct Service {
             #[command(flatten)]
             config: Config,
