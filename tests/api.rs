@@ -1,6 +1,6 @@
 //! The HTTP API as a user sees it: endpoints, bodies, the error envelope, request ids, docs.
 
-mod common;
+use chaos_lab_testkit as common;
 
 use common::*;
 use serde_json::Value;

@@ -1,7 +1,8 @@
 //! Keeps the tree reading like the design (docs/architecture.md): no import cycle between the
 //! crate's top-level modules, `config` a leaf, `http` building no Azure client (the composition
-//! root `service` does), no source file over 600 lines before its tests. It reads the sources as text: a `crate::x`
-//! path outside comments and `#[cfg(test)]` modules is an import of `x`.
+//! root `service` does), no source file over 600 lines before its tests, and integration tests
+//! that start child processes only through `tests/common/proc.rs`. It reads the sources as text:
+//! a `crate::x` path outside comments and `#[cfg(test)]` modules is an import of `x`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -190,4 +191,46 @@ fn no_source_file_is_over_600_lines_before_its_tests() {
         }
     }
     assert!(long.is_empty(), "split these along their concepts:\n{}", long.join("\n"));
+}
+
+/// What starting, waiting for or signalling a child process looks like in Rust source.
+const PROCESS_CALLS: &[&str] = &[
+    ".spawn()",
+    ".output()",
+    ".status().unwrap()",
+    ".status().expect(",
+    "wait_with_output",
+    "tokio::process",
+    "kill_on_drop",
+    "process_group(",
+    "killpg(",
+];
+
+/// The process calls in `code` (comments excluded).
+fn process_calls(code: &str) -> Vec<&'static str> {
+    let code: String = code.lines().map(|l| l.find("//").map_or(l, |i| &l[..i])).collect::<Vec<_>>().join("\n");
+    PROCESS_CALLS.iter().copied().filter(|call| code.contains(call)).collect()
+}
+
+#[test]
+fn integration_tests_start_processes_only_through_common() {
+    let mut found = Vec::new();
+    for file in rust_files(&root().join("tests")) {
+        let rel = file.strip_prefix(root()).unwrap().display().to_string();
+        // The one helper, and this file, which names the calls it looks for.
+        if rel == "tests/common/proc.rs" || rel == "tests/architecture.rs" {
+            continue;
+        }
+        let calls = process_calls(&std::fs::read_to_string(&file).unwrap());
+        if !calls.is_empty() {
+            found.push(format!("{rel}: {}", calls.join(", ")));
+        }
+    }
+    assert!(found.is_empty(), "start processes through tests/common/proc.rs (Proc, output):\n{}", found.join("\n"));
+}
+
+#[test]
+fn the_process_check_finds_a_spawn() {
+    let code = "let c = Command::new(\"redis-server\").spawn().unwrap(); // .output()\nlet s = r.status();";
+    assert_eq!(process_calls(code), [".spawn()"]);
 }

@@ -2,7 +2,7 @@
 //! Redis, against a fake ARM + managed-identity endpoint on loopback (`common::fake_azure`) and a
 //! real TLS `redis-server`. Each test uses its own subscription id and client id in the shared fake.
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,9 +16,9 @@ use serde_json::{Value, json};
 /// exit code, stdout and stderr.
 async fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let fake = FakeAzure::shared();
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_chaos-lab"));
-    cmd.args(args).env_clear().envs(fake.child_env()).envs(env.iter().copied()).kill_on_drop(true);
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output()).await.expect("CLI took over 60 s").unwrap();
+    let mut cmd = std::process::Command::new(chaos_lab_bin());
+    cmd.args(args).env_clear().envs(fake.child_env()).envs(env.iter().copied());
+    let out = output_async("chaos-lab", cmd, Duration::from_secs(60)).await;
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
     (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
 }

@@ -1,15 +1,17 @@
 //! The `chaos-lab` binary itself: configuration errors, `--help`, and SIGTERM during a permanent
 //! hang and a load.
 
-mod common;
+use chaos_lab_testkit as common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_chaos-lab");
+/// Runs `chaos-lab args…` to its end (a minute at most).
+fn chaos_lab(args: &[&str]) -> Output {
+    output("chaos-lab", Command::new(chaos_lab_bin()).args(args), Duration::from_secs(60))
+}
 
 /// Runs the binary with one extra environment variable and expects it to refuse to start.
 fn refused_start(var: &str, value: &str) -> String {
@@ -19,27 +21,20 @@ fn refused_start(var: &str, value: &str) -> String {
 /// Runs the binary with extra environment variables and expects it to refuse to start.
 fn refused_start_with(vars: &[(&str, &str)]) -> String {
     let shown: Vec<String> = vars.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut child = Command::new(BIN)
-        .env("APP_PORT", "0") // should it start after all, it must not collide with anything
-        .envs(vars.iter().copied())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if started.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("{} was accepted: the service started", shown.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut child = Proc::spawn(
+        "chaos-lab",
+        Command::new(chaos_lab_bin())
+            .env("APP_PORT", "0") // should it start after all, it must not collide with anything
+            .envs(vars.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let mut stderr = child.child_mut().stderr.take().unwrap();
+    let status = child.wait_within_blocking(Duration::from_secs(10));
+    let status = status.unwrap_or_else(|| panic!("{} was accepted: the service started", shown.join(" ")));
     assert!(!status.success());
     let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
     err
 }
 
@@ -72,7 +67,7 @@ fn an_empty_or_short_api_token_stops_startup() {
 
 #[test]
 fn help_documents_every_setting() {
-    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let out = chaos_lab(&["--help"]);
     assert!(out.status.success());
     // clap wraps long lines; compare with the whitespace folded.
     let help = String::from_utf8_lossy(&out.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
@@ -107,62 +102,38 @@ fn help_documents_every_setting() {
     }
 }
 
-/// Starts the binary on a free port and waits for its "listening" line.
-fn spawn_service(redis_port: u16) -> (std::process::Child, String) {
-    spawn_service_with(redis_port, &[])
+/// The binary on a free port against Redis on `redis_port`, with RUNS_DIR `runs`.
+async fn service_process(redis_port: u16, runs: &std::path::Path) -> ServiceProcess {
+    ServiceProcess::start(runs, &[("REDIS_PORT", redis_port.to_string())]).await
 }
 
-fn spawn_service_with(redis_port: u16, env: &[(&str, &str)]) -> (std::process::Child, String) {
-    let port = free_port();
-    let mut child = Command::new(BIN)
-        .envs(env.iter().copied())
-        .env("APP_PORT", port.to_string())
-        .env("REDIS_PORT", redis_port.to_string())
-        .env("REDIS_HOST", "127.0.0.1")
-        .env("LOG_FORMAT", "json")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    for line in lines.by_ref() {
-        if line.unwrap().contains("chaos-lab listening") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "service did not start");
-    }
-    // Keep draining stderr so the service never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://127.0.0.1:{port}"))
+/// Whether `GET /chaos/status` of the service at `url` satisfies `f`.
+async fn status_is(url: &str, f: impl Fn(&serde_json::Value) -> bool) -> bool {
+    f(&get(&format!("{url}/chaos/status")).await.1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_permanent_hang_and_a_load_exits_within_seconds() {
     let redis = RedisServer::start();
-    let (mut child, url) = spawn_service(redis.port);
+    let mut svc = service_process(redis.port, &temp_dir("sigterm-hang-runs")).await;
+    let url = svc.url.clone();
 
     let (status, _) = post(&format!("{url}/chaos/load"), r#"{"level": "high", "duration_seconds": 600}"#).await;
     assert_eq!(status, 200);
     let hang_url = format!("{url}/chaos/hang");
     let hang = tokio::spawn(async move { post(&hang_url, r#"{"duration_seconds": 0}"#).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hung = eventually(Duration::from_secs(10), || status_is(&url, |s| s["hang"]["active"] == true));
+    assert!(hung.await, "the hang did not start");
     let stalled_url = format!("{url}/");
     let stalled = tokio::spawn(async move { get(&stalled_url).await });
-    // Long enough for the request to be accepted even on a loaded machine: a connection still in
-    // the listen backlog when shutdown starts would be refused, not drained.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The request must be accepted and held, not still in the listen backlog (shutdown would
+    // refuse that one, not drain it).
+    let held = eventually(Duration::from_secs(10), || status_is(&url, |s| s["hang"]["held_requests"] == 1));
+    assert!(held.await, "GET / is not held by the app hang");
     assert!(!stalled.is_finished(), "GET / should be stalled by the app hang");
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(started.elapsed() < Duration::from_secs(4), "still running 4 s after SIGTERM (drain deadline is 5 s)");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = svc.sigterm(Duration::from_secs(4)).await;
+    let exit = exit.expect("still running 4 s after SIGTERM (drain deadline is 5 s)");
     assert!(exit.success(), "exit status {exit:?}");
     assert_eq!(stalled.await.unwrap().0, 200, "in-flight request was not allowed to finish");
     assert_eq!(hang.await.unwrap().1["interrupted"], true);
@@ -172,20 +143,19 @@ async fn sigterm_during_a_permanent_hang_and_a_load_exits_within_seconds() {
 async fn sigterm_during_a_run_undoes_its_faults_and_journals_it() {
     let redis = RedisServer::start();
     let runs = temp_dir("sigterm-runs");
-    let (mut child, url) = spawn_service_with(redis.port, &[("RUNS_DIR", runs.to_str().unwrap())]);
+    let mut svc = service_process(redis.port, &runs).await;
+    let url = svc.url.clone();
     let script = "network_block();\nload(\"low\", 600);\nsleep(600);";
     let r = http().post(format!("{url}/chaos/run")).body(script).send().await.unwrap();
     assert_eq!(r.status(), 202);
     let id = r.json::<serde_json::Value>().await.unwrap()["run_id"].as_str().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let faulted = |s: &serde_json::Value| s["network"]["blocked"] == true && s["load"]["active"] == true;
+    assert!(
+        eventually(Duration::from_secs(10), || status_is(&url, faulted)).await,
+        "the run's faults are not in force"
+    );
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let started = Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        assert!(started.elapsed() < Duration::from_secs(5), "still running 5 s after SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(svc.sigterm(Duration::from_secs(5)).await.is_some(), "still running 5 s after SIGTERM");
     let journal: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(runs.join(format!("{id}.json"))).unwrap()).unwrap();
     assert_eq!(journal["status"], "cancelled", "{journal:#}");
@@ -206,19 +176,19 @@ fn check_reports_positions_and_exit_codes() {
     let dir = temp_dir("check");
     let good = dir.join("good.rhai");
     std::fs::write(&good, "//! description: fine\nlog(\"hi\");\nsleep(1);\n").unwrap();
-    let out = Command::new(BIN).args(["check", good.to_str().unwrap()]).output().unwrap();
+    let out = chaos_lab(&["check", good.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 
     let bad = dir.join("bad.rhai");
     std::fs::write(&bad, "//! description: typo\nlog(\"hi\");\nnetwork_blok();\n").unwrap();
-    let out = Command::new(BIN).args(["check", bad.to_str().unwrap()]).output().unwrap();
+    let out = chaos_lab(&["check", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("bad.rhai:3:1: unknown function 'network_blok'"), "{text}");
 
     let broken = dir.join("broken.rhai");
     std::fs::write(&broken, "//! description: syntax\nlet x = ;\n").unwrap();
-    let out = Command::new(BIN).args(["check", broken.to_str().unwrap()]).output().unwrap();
+    let out = chaos_lab(&["check", broken.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("broken.rhai:2:"));
 
@@ -228,7 +198,7 @@ fn check_reports_positions_and_exit_codes() {
         if path.extension().and_then(|e| e.to_str()) != Some("rhai") {
             continue;
         }
-        let out = Command::new(BIN).args(["check", path.to_str().unwrap()]).output().unwrap();
+        let out = chaos_lab(&["check", path.to_str().unwrap()]);
         assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stdout));
     }
 }
@@ -245,13 +215,9 @@ async fn run_streams_the_timeline_and_exits_by_verdict() {
 
     let run = |file: std::path::PathBuf, extra: Vec<String>| {
         let url = svc.url.clone();
-        tokio::task::spawn_blocking(move || {
-            Command::new(BIN)
-                .args(["run", file.to_str().unwrap(), "--url", &url, "--token", "cli-run-token-0123"])
-                .args(extra)
-                .output()
-                .unwrap()
-        })
+        let mut cmd = Command::new(chaos_lab_bin());
+        cmd.args(["run", file.to_str().unwrap(), "--url", &url, "--token", "cli-run-token-0123"]).args(extra);
+        tokio::spawn(output_async("chaos-lab run", cmd, Duration::from_secs(120)))
     };
     let out = run(pass, vec!["--param".into(), "n=7".into()]).await.unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -390,9 +356,9 @@ async fn run_by_name_writes_the_journal_and_a_junit_file() {
     let path = |name: &str| dir.join(name).display().to_string();
     let run = |target: String, extra: Vec<String>| {
         let url = svc.url.clone();
-        tokio::task::spawn_blocking(move || {
-            Command::new(BIN).args(["run", &target, "--url", &url, "--token", TOKEN]).args(extra).output().unwrap()
-        })
+        let mut cmd = Command::new(chaos_lab_bin());
+        cmd.args(["run", &target, "--url", &url, "--token", TOKEN]).args(extra);
+        tokio::spawn(output_async("chaos-lab run", cmd, Duration::from_secs(120)))
     };
     let read_json = |file: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap_or_else(|e| panic!("{file}: {e}"))
@@ -500,7 +466,7 @@ async fn run_by_name_writes_the_journal_and_a_junit_file() {
 fn duration_flags_refuse_nonsense_with_the_accepted_forms() {
     // clap wraps long lines; compare with the whitespace folded.
     let refused = |args: &[&str]| {
-        let out = Command::new(BIN).args(args).output().unwrap();
+        let out = chaos_lab(args);
         assert_eq!(out.status.code(), Some(2), "{args:?} was accepted");
         String::from_utf8_lossy(&out.stderr).split_whitespace().collect::<Vec<_>>().join(" ")
     };

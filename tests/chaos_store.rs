@@ -5,7 +5,7 @@
 //! container of its own, reached through a SAS URL as `CHAOS_STORE_URL` would carry it. What only
 //! Blob Storage can do (refuse a SAS, go away and come back) is tested after them.
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! of "a hang breaks the app, not the lab's controls". Screenshots of each page are kept under
 //! `target/screenshots/` and checked not to be blank.
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Built-in faults seen from outside: load start/409/countdown/expiry, hang scopes observed from a
 //! second client, and shutdown during a permanent hang.
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,13 @@ async fn load_starts_conflicts_counts_down_and_expires() {
     assert_eq!(load["level"], "medium");
     let first = load["remaining_seconds"].as_u64().unwrap();
     assert!((1..=3).contains(&first), "{load}");
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            get(&svc.url("/chaos/status")).await.1["load"]["remaining_seconds"].as_u64().is_some_and(|s| s < first)
+        })
+        .await,
+        "remaining_seconds did not drop below {first}"
+    );
     let second = get(&svc.url("/chaos/status")).await.1["load"]["remaining_seconds"].as_u64().unwrap();
     assert!(second < first, "no countdown: {first} then {second}");
 
@@ -62,7 +68,15 @@ async fn app_hang_stalls_everyone_while_the_listener_still_accepts() {
     let svc = TestService::start(free_port(), &["--redis-enabled", "false"]).await;
     let started = Instant::now();
     let hang = tokio::spawn(post_owned(svc.url("/chaos/hang"), r#"{"duration_seconds": 2, "scope": "app"}"#));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // /chaos/* answers during an app hang (src/http/mod.rs, hang_gate).
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let s = get(&svc.url("/chaos/status")).await.1;
+            s["hang"]["active"] == true && s["hang"]["scope"] == "app"
+        })
+        .await,
+        "the app hang did not start"
+    );
 
     // A second client: TCP connects at once, but the answer waits for the hang to end.
     let addr = svc.url.trim_start_matches("http://").to_string();
@@ -80,7 +94,13 @@ async fn app_hang_stalls_everyone_while_the_listener_still_accepts() {
 async fn request_hang_stalls_only_the_caller() {
     let svc = TestService::start(free_port(), &["--redis-enabled", "false"]).await;
     let hang = tokio::spawn(post_owned(svc.url("/chaos/hang"), r#"{"duration_seconds": 2, "scope": "request"}"#));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&svc.url("/chaos/status")).await.1["hang"]["active"] == true
+        })
+        .await,
+        "the request hang did not start"
+    );
 
     let started = Instant::now();
     let (status, body) = get(&svc.url("/chaos/status")).await;
@@ -108,11 +128,23 @@ async fn request_hang_stalls_only_the_caller() {
 async fn in_process_shutdown_ends_a_permanent_hang_and_lets_stalled_requests_finish() {
     let svc = TestService::start(free_port(), &["--redis-enabled", "false"]).await;
     let hang = tokio::spawn(post_owned(svc.url("/chaos/hang"), "{}"));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&svc.url("/chaos/status")).await.1["hang"]["active"] == true
+        })
+        .await,
+        "the permanent hang did not start"
+    );
     let stalled = tokio::spawn(get_owned(svc.url("/healthz")));
-    // Long enough for the request to be accepted even on a loaded machine: a connection still in
+    // The request must be accepted and held by the hang before shutdown: a connection still in
     // the listen backlog when shutdown starts would be refused, not drained.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&svc.url("/chaos/status")).await.1["hang"]["held_requests"] == 1
+        })
+        .await,
+        "the GET /healthz is not held by the hang"
+    );
     assert!(!stalled.is_finished());
 
     let started = Instant::now();

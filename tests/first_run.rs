@@ -6,11 +6,12 @@
 //! The README's commands use the default addresses, so these tests need 127.0.0.1:8000 and
 //! 127.0.0.1:6379 free; where something already listens there they say so and do nothing.
 
-mod common;
+use chaos_lab_testkit as common;
 
-use std::os::unix::process::CommandExt as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
 
 use common::*;
 
@@ -73,17 +74,17 @@ fn shell_env(cmd: &mut Command) -> &mut Command {
 
 /// Runs the README's first command in the repository, in a process group of its own, with no
 /// Redis settings in the environment.
-fn run_first_command(runs: &std::path::Path) -> Child {
+fn run_first_command(runs: &std::path::Path) -> Proc {
     let mut cmd = Command::new("bash");
     shell_env(&mut cmd);
-    cmd.args(["-c", &first_command()]).current_dir(env!("CARGO_MANIFEST_DIR")).process_group(0);
+    cmd.args(["-c", &first_command()]).current_dir(env!("CARGO_MANIFEST_DIR"));
     for (k, _) in std::env::vars() {
         if k.starts_with("REDIS_") || k.starts_with("AZURE_") || k == "APP_PORT" || k == "APP_HOST" {
             cmd.env_remove(k);
         }
     }
     let log = std::fs::File::create(runs.join("first-command.log")).unwrap();
-    cmd.env("RUNS_DIR", runs).stdout(Stdio::null()).stderr(log).spawn().expect("bash runs")
+    Proc::spawn("the README's first command", cmd.env("RUNS_DIR", runs).stdout(Stdio::null()).stderr(log))
 }
 
 /// Waits until `GET /` on port 8000 answers 200; returns how long it took.
@@ -105,8 +106,11 @@ fn alive(pid: u64) -> bool {
         .is_ok_and(|s| s.rsplit(')').next().and_then(|r| r.split_whitespace().next()) != Some("Z"))
 }
 
-fn signal_group(child: &Child, sig: nix::sys::signal::Signal) {
-    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+/// Sends `sig` to the command's process group, as a terminal does (Ctrl-C is SIGINT), and waits
+/// for bash to end.
+async fn signal_and_wait(lab: &mut Proc, sig: Signal) {
+    lab.signal_group(sig);
+    assert!(lab.wait_within(Duration::from_secs(20)).await.is_some(), "{sig} did not end the README's command");
 }
 
 /// The development Redis the service reports.
@@ -134,18 +138,16 @@ async fn the_readme_first_command_gives_a_working_lab_and_its_redis_dies_with_it
     // Build first (normally nothing to do: the test build made the binary, with the same
     // features, see Cargo.toml's `resolver`), so the 15 s below time the lab's start.
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = shell_env(&mut Command::new(cargo))
-        .args(["build", "--quiet", "--bin", "chaos-lab"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .unwrap();
-    assert!(built.success(), "cargo build failed");
+    let mut build = Command::new(cargo);
+    shell_env(&mut build).args(["build", "--quiet", "--bin", "chaos-lab"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+    let built = output("cargo build", &mut build, Duration::from_secs(900));
+    assert!(built.status.success(), "cargo build failed:\n{}", String::from_utf8_lossy(&built.stderr));
 
     // 1. The first command, then the "Try it" block exactly as written; Ctrl-C ends it all.
     let mut lab = run_first_command(&runs);
     let took = wait_for_app(Duration::from_secs(15)).await;
     let Some(took) = took else {
-        signal_group(&lab, nix::sys::signal::Signal::SIGKILL);
+        lab.kill();
         let log = std::fs::read_to_string(runs.join("first-command.log")).unwrap_or_default();
         panic!("GET / did not answer 200 within 15 s of the README's first command; its output:\n{log}");
     };
@@ -157,11 +159,10 @@ async fn the_readme_first_command_gives_a_working_lab_and_its_redis_dies_with_it
     let redis = dev_server_pid().await;
     assert!(alive(redis));
     for line in try_it_lines() {
-        let out = Command::new("bash").args(["-c", &line]).output().unwrap();
+        let out = output("bash", Command::new("bash").args(["-c", &line]), Duration::from_secs(60));
         assert!(out.status.success(), "README line failed: {line}\n{}", String::from_utf8_lossy(&out.stderr));
     }
-    signal_group(&lab, nix::sys::signal::Signal::SIGINT);
-    let _ = lab.wait();
+    signal_and_wait(&mut lab, Signal::SIGINT).await;
     assert!(wait_dead(redis, Duration::from_secs(10)).await, "Ctrl-C left redis-server {redis} behind");
 
     // 2. kill -9 of the service itself (not of cargo or bash): its Redis dies with it.
@@ -170,45 +171,29 @@ async fn the_readme_first_command_gives_a_working_lab_and_its_redis_dies_with_it
     let redis = dev_server_pid().await;
     let service = std::fs::read_to_string(format!("/proc/{redis}/stat")).unwrap();
     let service: i32 = service.rsplit(')').next().unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(service), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(service), Signal::SIGKILL).unwrap();
     assert!(wait_dead(redis, Duration::from_secs(10)).await, "kill -9 of the service left redis-server {redis} behind");
-    signal_group(&lab, nix::sys::signal::Signal::SIGKILL);
-    let _ = lab.wait();
+    signal_and_wait(&mut lab, Signal::SIGKILL).await;
 
     // 3. SIGTERM of the whole command.
     let mut lab = run_first_command(&runs);
     assert!(wait_for_app(Duration::from_secs(15)).await.is_some(), "the lab did not come back");
     let redis = dev_server_pid().await;
-    signal_group(&lab, nix::sys::signal::Signal::SIGTERM);
-    let _ = lab.wait();
+    signal_and_wait(&mut lab, Signal::SIGTERM).await;
     assert!(wait_dead(redis, Duration::from_secs(10)).await, "SIGTERM left redis-server {redis} behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_redis_address_given_nothing_is_started() {
-    let (closed, port) = (free_port(), free_port());
+    let closed = free_port();
     let runs = temp_dir("first-run-given");
-    let mut svc = Command::new(env!("CARGO_BIN_EXE_chaos-lab"))
-        .env("APP_PORT", port.to_string())
-        .env("REDIS_HOST", "127.0.0.1")
-        .env("REDIS_PORT", closed.to_string())
-        .env("REDIS_SOCKET_CONNECT_TIMEOUT", "0.5")
-        .env("RUNS_DIR", &runs)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    let up = eventually(Duration::from_secs(10), || async {
-        http().get(format!("{url}/healthz")).send().await.is_ok_and(|r| r.status() == 200)
-    })
-    .await;
-    assert!(up, "the service did not start");
+    let closed = closed.to_string();
+    let env = [("REDIS_PORT", closed.as_str()), ("REDIS_SOCKET_CONNECT_TIMEOUT", "0.5")];
+    let svc = ServiceProcess::start(&runs, &env).await;
+    let url = svc.url.clone();
     let (status, body) = get(&format!("{url}/")).await;
     assert_eq!(status, 503, "{body}");
     assert!(body["detail"].as_str().unwrap().starts_with("Redis connection failed"), "{body}");
     let (_, s) = get(&format!("{url}/chaos/status")).await;
     assert!(s["redis"]["dev_server"].is_null(), "{s}");
-    let _ = svc.kill();
-    let _ = svc.wait();
 }

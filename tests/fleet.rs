@@ -3,7 +3,7 @@
 //! is fleet-wide (a stop on one replica halts and clears every replica; a resume on any
 //! releases them all). A store that is down at startup does not keep the app from serving.
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::time::{Duration, Instant};
 
@@ -112,6 +112,17 @@ async fn a_store_down_at_startup_leaves_the_app_serving_and_says_so() {
     assert!(joined, "did not join the fleet: {}", status(&r).await);
 }
 
+/// The fault ledger replica `name` last mirrored to the store at `container_url` (the container
+/// URL with its SAS, as `CHAOS_STORE_URL` carries it); `Null` until there is one.
+async fn mirrored_ledger(container_url: &str, name: &str) -> Value {
+    let (base, sas) = container_url.split_once('?').expect("a container URL with a SAS");
+    let blob = format!("{base}/fleet/ledgers/{name}.json?{sas}");
+    match http().get(blob).header("x-ms-version", "2019-12-12").send().await {
+        Ok(r) if r.status() == 200 => r.json().await.unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
 /// Whether `GET /healthz` on `r` answers within `within` (an app hang stalls it).
 async fn answers(r: &ServiceProcess, within: Duration) -> bool {
     http().get(r.url("/healthz")).timeout(within).send().await.is_ok_and(|x| x.status() == 200)
@@ -169,7 +180,18 @@ async fn faults_reach_the_replicas_a_run_picks_and_leave_with_the_run() {
     // An app hang on exactly two replicas.
     let id = start_run_at(&r1.url, json!({"script": "hang(#{seconds: 6, scope: \"app\", replicas: 2});\nsleep(600);"}))
         .await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // /chaos/status answers during an app hang: it shows which replicas took their share.
+    let hung = eventually(Duration::from_secs(10), || async {
+        let mut n = 0;
+        for r in &fleet {
+            if status(r).await["hang"]["active"] == true {
+                n += 1;
+            }
+        }
+        n >= 2
+    })
+    .await;
+    assert!(hung, "the app hang did not reach two replicas");
     let mut stalled = 0;
     for r in &fleet {
         if !answers(r, Duration::from_millis(800)).await {
@@ -317,7 +339,12 @@ async fn a_dead_replicas_nsg_rule_is_removed_by_another_replica() {
         "no rule was written"
     );
     // Its ledger reaches the store with the next heartbeat.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mirrored = eventually(Duration::from_secs(10), || async {
+        let entries = mirrored_ledger(&url, "r1").await["entries"].as_array().cloned().unwrap_or_default();
+        entries.iter().any(|e| e["kind"] == "network_block" && e["state"] == "active")
+    })
+    .await;
+    assert!(mirrored, "r1's ledger with its block did not reach the store: {}", mirrored_ledger(&url, "r1").await);
     fleet[0].kill9();
     let killed = Instant::now();
     let gone = eventually(Duration::from_secs(30), || async { fake.rule_names(&nsg).is_empty() }).await;

@@ -5,7 +5,7 @@
 //! reports are written only where asked, and the live line stays on stderr (on a terminal, or with
 //! `--live`; never with `--quiet`).
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -15,28 +15,23 @@ use common::*;
 use serde_json::{Value, json};
 
 fn loadgen(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_loadgen"));
+    let mut cmd = Command::new(loadgen_bin());
     cmd.current_dir(env!("CARGO_MANIFEST_DIR")).env_remove("LOADGEN_PROFILES_DIR").args(args);
     cmd
 }
 
-/// Runs `loadgen` with reports in `dir`, killing it after 60 s; returns the output and the report.
+/// Runs `cmd` (loadgen, or a terminal running it) to its end, a minute at most.
+fn within_a_minute(mut cmd: Command) -> Output {
+    output("loadgen", &mut cmd, Duration::from_secs(60))
+}
+
+/// Runs `loadgen` with reports in `dir`, a minute at most; returns the output and the report.
 fn run(dir: &Path, name: &str, args: &[&str]) -> (Output, Value) {
     let json = dir.join(format!("{name}.json"));
     let html = dir.join(format!("{name}.html"));
-    let child = loadgen(args)
-        .args(["--json", json.to_str().unwrap(), "--report-file", html.to_str().unwrap(), "--quiet"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    });
-    drop(killer); // detached: only acts if the run overstays
-    let out = child.wait_with_output().unwrap();
+    let mut cmd = loadgen(args);
+    cmd.args(["--json", json.to_str().unwrap(), "--report-file", html.to_str().unwrap(), "--quiet"]);
+    let out = within_a_minute(cmd);
     let report = std::fs::read_to_string(&json).map(|t| serde_json::from_str(&t).unwrap()).unwrap_or(Value::Null);
     (out, report)
 }
@@ -200,7 +195,10 @@ async fn open_model_counts_a_stall_from_the_intended_start() {
         let args = ["--profile", "sustained", "--scale", "0.02", "--time-scale", "0.005", "--rate", "100"];
         run(&dir, "stall", &[&args[..], &["--host", &host, "--no-default-thresholds"]].concat())
     });
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The hang lands while the generator is sending: a second of its requests (each GET / reads
+    // Redis) has been served.
+    let sending = eventually(Duration::from_secs(20), || async { redis.calls("get") >= 100 });
+    assert!(sending.await, "loadgen's requests did not reach the service");
     let (status, _) = post(&svc.url("/chaos/hang"), r#"{"duration_seconds": 1, "scope": "app"}"#).await;
     assert_eq!(status, 200);
     let (out, report) = generator.await.unwrap();
@@ -241,10 +239,14 @@ async fn reports_from_several_machines_merge_into_one() {
         .collect();
     assert!(reports.iter().all(|r| r["max_users"] == 50 && r["split"] == 2), "each machine takes half of 100 users");
     let merged: PathBuf = dir.join("merged.json");
-    let out = loadgen(&["merge", dir.join("a.json").to_str().unwrap(), dir.join("b.json").to_str().unwrap()])
-        .args(["--json", merged.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let (a, b) = (dir.join("a.json"), dir.join("b.json"));
+    let out = within_a_minute(loadgen(&[
+        "merge",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--json",
+        merged.to_str().unwrap(),
+    ]));
     assert!(out.status.success(), "{}", text(&out));
     let m: Value = serde_json::from_str(&std::fs::read_to_string(&merged).unwrap()).unwrap();
     let sum = |r: &Value| r["totals"]["requests"].as_u64().unwrap();
@@ -259,20 +261,20 @@ async fn reports_from_several_machines_merge_into_one() {
     let mut r: Value = reports[0].clone();
     r["profile"] = json!("staged");
     std::fs::write(&other, r.to_string()).unwrap();
-    let out = loadgen(&["merge", dir.join("a.json").to_str().unwrap(), other.to_str().unwrap()]).output().unwrap();
+    let out = within_a_minute(loadgen(&["merge", dir.join("a.json").to_str().unwrap(), other.to_str().unwrap()]));
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("cannot merge"), "{}", text(&out));
 }
 
 #[test]
 fn bad_profiles_and_options_are_refused_with_the_reason() {
-    let out = loadgen(&["--profile", "nope"]).output().unwrap();
+    let out = within_a_minute(loadgen(&["--profile", "nope"]));
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("available profiles") && text(&out).contains("staged"), "{}", text(&out));
-    let out = loadgen(&["--scale", "0"]).output().unwrap();
+    let out = within_a_minute(loadgen(&["--scale", "0"]));
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("--scale") && text(&out).contains("more than 0"), "{}", text(&out));
-    let out = loadgen(&["--help"]).output().unwrap();
+    let out = within_a_minute(loadgen(&["--help"]));
     let help = text(&out);
     for flag in
         ["--profile", "--scale", "--time-scale", "--rate", "--split", "--json", "--threshold", "--report-file", "merge"]
@@ -284,7 +286,7 @@ fn bad_profiles_and_options_are_refused_with_the_reason() {
 #[test]
 fn goose_options_loadgen_cannot_honour_are_hidden_and_refused() {
     for help_flag in ["--help", "-h"] {
-        let out = loadgen(&[help_flag]).output().unwrap();
+        let out = within_a_minute(loadgen(&[help_flag]));
         assert!(out.status.success(), "{}", text(&out));
         let help = text(&out);
         // goose is built without its dashboard, and loadgen runs it without the telnet Controller.
@@ -303,7 +305,7 @@ fn goose_options_loadgen_cannot_honour_are_hidden_and_refused() {
         (&["--render-report", "report.json"], "loadgen merge REPORT.json --html"),
     ];
     for (args, why) in refused {
-        let out = loadgen(args).output().unwrap();
+        let out = within_a_minute(loadgen(args));
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         let refusal = format!("{} is not available in loadgen", args[0]);
@@ -321,7 +323,7 @@ fn durations_take_units_and_bad_ones_are_refused() {
         &["--threshold", "p95<1s", "--threshold-abort-delay", "1m"],
     ];
     for args in fine {
-        let out = loadgen(&[args, &["--print-plan"][..]].concat()).output().unwrap();
+        let out = within_a_minute(loadgen(&[args, &["--print-plan"][..]].concat()));
         assert!(out.status.success(), "{args:?}: {}", text(&out));
     }
     let refused: [(&[&str], &str); 6] = [
@@ -333,22 +335,10 @@ fn durations_take_units_and_bad_ones_are_refused() {
         (&["--live", "--quiet"], "cannot be used with"),
     ];
     for (args, why) in refused {
-        let out = loadgen(&[args, &["--print-plan"][..]].concat()).output().unwrap();
+        let out = within_a_minute(loadgen(&[args, &["--print-plan"][..]].concat()));
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
         assert!(text(&out).contains(why), "{args:?}: {}", text(&out));
     }
-}
-
-/// Waits for `cmd` (stdout and stderr captured), killing it after 60 s.
-fn output_within_a_minute(mut cmd: Command) -> Output {
-    let child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let pid = child.id();
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(60));
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    });
-    drop(killer); // detached: only acts if the run overstays
-    child.wait_with_output().unwrap()
 }
 
 const PROFILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/loadtests/profiles");
@@ -357,7 +347,7 @@ const PROFILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/loadtests/profiles"
 fn run_in(dir: &Path, args: &[&str]) -> Output {
     let mut cmd = loadgen(args);
     cmd.args(["--profiles-dir", PROFILES]).current_dir(dir);
-    output_within_a_minute(cmd)
+    within_a_minute(cmd)
 }
 
 /// The live lines in some output: `[elapsed/total] users N | R rps | p95 P ms | errors E (X%)`.
@@ -442,7 +432,8 @@ async fn reports_are_written_only_where_asked_and_the_live_line_stays_on_stderr(
 /// Runs `loadgen` on a terminal of its own (util-linux `script`); stdout and stderr both go to
 /// the terminal, so the output is what a user sees.
 fn run_on_a_terminal(dir: &Path, args: &[&str]) -> Output {
-    let line: Vec<String> = std::iter::once(env!("CARGO_BIN_EXE_loadgen"))
+    let bin = loadgen_bin().to_string_lossy().into_owned();
+    let line: Vec<String> = std::iter::once(bin.as_str())
         .chain(args.iter().copied())
         .chain(["--profiles-dir", PROFILES])
         .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
@@ -452,12 +443,14 @@ fn run_on_a_terminal(dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .env_remove("LOADGEN_PROFILES_DIR")
         .stdin(std::process::Stdio::null());
-    output_within_a_minute(cmd)
+    within_a_minute(cmd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_terminal_the_live_line_is_rewritten_in_place_unless_quiet() {
-    if Command::new("script").arg("--version").output().is_err() {
+    let on_path =
+        |name| std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(name).is_file());
+    if !on_path("script") {
         eprintln!("skipped: no `script` (util-linux) to give loadgen a terminal");
         return;
     }
@@ -516,11 +509,14 @@ async fn scripts_get_a_summary_and_a_cancelled_run_stops_its_load() {
     assert_eq!(s["failures"], 0);
 
     // A long profile started in the background is stopped when the run is cancelled.
+    let before = redis.calls("get");
     let id =
         start_run(&svc, json!({"script": "let lg = loadgen_start(#{profile: \"staged\", scale: 0.01});\nsleep(600);"}))
             .await;
     assert!(eventually(Duration::from_secs(10), || async { processes_with(&id) == 1 }).await, "loadgen child running");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // It is cancelled while it sends: its requests (each GET / reads Redis) reach the service.
+    let sending = eventually(Duration::from_secs(20), || async { redis.calls("get") > before });
+    assert!(sending.await, "the background loadgen sent nothing");
     http().post(svc.url(&format!("/chaos/runs/{id}/cancel"))).send().await.unwrap();
     let report = wait_run(&svc, &id, Duration::from_secs(20)).await;
     assert_eq!(report["status"], "cancelled", "{report:#}");

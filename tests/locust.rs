@@ -8,11 +8,10 @@
 //! `loadtests/locust/requirements.txt`), or `LOCUST=/path/to/locust`. Loopback only; each Locust
 //! process is killed after 60 s.
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,10 +19,6 @@ use serde_json::{Value, json};
 
 /// Longest a Locust process may live before the test kills it and fails.
 const LOCUST_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The `locust` executable: `$LOCUST`, else the venv `tests/run.sh` creates.
 fn locust() -> PathBuf {
@@ -53,7 +48,7 @@ fn profiles_cli(args: &[&str], profiles_dir: Option<&Path>) -> (i32, String, Str
     if let Some(dir) = profiles_dir {
         cmd.env("LOADGEN_PROFILES_DIR", dir);
     }
-    let out = cmd.output().expect("python runs");
+    let out = output("python", &mut cmd, Duration::from_secs(60));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -195,8 +190,8 @@ async fn run_locust_with(host: &str, args: &[&str]) -> LocustRun {
     let out_dir = temp_dir("locust");
     let prefix = out_dir.join("loc");
     let started = Instant::now();
-    let child = tokio::process::Command::new(locust())
-        .current_dir(repo())
+    let mut cmd = std::process::Command::new(locust());
+    cmd.current_dir(repo())
         .args(["-f", "loadtests/locust/locustfile.py", "--headless"])
         .args(args)
         .args(["--host", host, "--only-summary", "--exit-code-on-error", "1"])
@@ -204,17 +199,8 @@ async fn run_locust_with(host: &str, args: &[&str]) -> LocustRun {
         .arg(&prefix)
         .env_remove("LOADGEN_PROFILE")
         .env_remove("LOADGEN_PROFILES_DIR")
-        .env_remove("LOCUST_FAST")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("locust starts");
-    let out = tokio::time::timeout(LOCUST_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("locust still running after {LOCUST_TIMEOUT:?}; killed"))
-        .unwrap();
+        .env_remove("LOCUST_FAST");
+    let out = output_async("locust", cmd, LOCUST_TIMEOUT).await;
     let took = started.elapsed();
     let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 
@@ -296,15 +282,13 @@ async fn locust_without_a_profile_honours_users_spawn_rate_and_run_time() {
 // and `/health` at 1 to the base class's 5 and 3 (Locust keeps a base class's tasks).
 #[test]
 fn original_user_classes_keep_their_task_weights() {
-    let out = std::process::Command::new(locust())
-        .current_dir(repo())
+    let mut cmd = std::process::Command::new(locust());
+    cmd.current_dir(repo())
         .args(["-f", "loadtests/locust/locustfile.py", "--show-task-ratio-json"])
         .args(["SteadyLoadUser", "SpikeTestUser", "ChaosTestUser"])
         .env_remove("LOADGEN_PROFILE")
-        .env_remove("LOCUST_FAST")
-        .stdin(Stdio::null())
-        .output()
-        .expect("locust runs");
+        .env_remove("LOCUST_FAST");
+    let out = output("locust", &mut cmd, Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),

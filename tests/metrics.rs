@@ -1,7 +1,7 @@
 //! `GET /metrics`: Prometheus text with the original lab's metric names, moving when faults are
 //! applied. One test in its own binary: the metrics are process-wide.
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::collections::HashMap;
 use std::time::Duration;

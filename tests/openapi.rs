@@ -16,7 +16,7 @@
 //! Needs the venv `bash tests/run.sh` creates (`target/py`, from `tests/requirements.txt`), or
 //! `SCHEMATHESIS=/path/to/schemathesis`. Loopback only; each pass is killed after 240 s.
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,7 +47,7 @@ fn schemathesis() -> PathBuf {
 /// Runs one schemathesis pass; returns its exit code and output.
 async fn pass(svc: &TestService, args: &[&str]) -> (Option<i32>, String) {
     let dir = temp_dir("schemathesis");
-    let mut cmd = tokio::process::Command::new(schemathesis());
+    let mut cmd = std::process::Command::new(schemathesis());
     cmd.arg("run")
         .arg(svc.url("/openapi.json"))
         .args(["--checks", CHECKS, "--workers", "1", "--seed", "1", "--request-timeout", "10", "--no-shrink"])
@@ -55,9 +55,8 @@ async fn pass(svc: &TestService, args: &[&str]) -> (Option<i32>, String) {
         .args(args)
         .current_dir(&dir)
         .env("NO_COLOR", "1")
-        .env("SCHEMATHESIS_HOOKS", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openapi_hooks.py"))
-        .kill_on_drop(true);
-    let out = tokio::time::timeout(PASS_TIMEOUT, cmd.output()).await.expect("schemathesis ends in time").unwrap();
+        .env("SCHEMATHESIS_HOOKS", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/openapi_hooks.py"));
+    let out = output_async("schemathesis", cmd, PASS_TIMEOUT).await;
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.code(), text)
 }

@@ -1,7 +1,7 @@
 //! Redis resilience as a user sees it: outages, recovery without a restart, retries, timeouts,
 //! authentication, and `redis-reset` checked against the Redis server's own `CLIENT LIST`.
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +59,7 @@ async fn a_retry_after_backoff_rides_out_a_short_outage() {
     let url = svc.url("/");
     let started = Instant::now();
     let request = tokio::spawn(async move { get(&url).await });
+    // Time must pass: the first attempt's failure shows nowhere (redis.connected moves after the last retry).
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.restart();
     let (status, body) = request.await.unwrap();
@@ -141,6 +142,7 @@ async fn forced_reset_cuts_commands_in_flight_and_gentle_reset_waits_for_them() 
     // Hold the server for 2 s so a GET / is in flight, then force a reset: it must not wait.
     let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(2000).query(&mut redis.client()).unwrap();
     let in_flight = tokio::spawn(get_owned(svc.url("/")));
+    // Time must pass: a command held by the paused Redis shows nowhere (CLIENT LIST waits too).
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     let (status, body) = post(&svc.url("/chaos/redis-reset"), r#"{"force": true}"#).await;
@@ -156,6 +158,7 @@ async fn forced_reset_cuts_commands_in_flight_and_gentle_reset_waits_for_them() 
     assert_eq!(get(&svc.url("/")).await.0, 200);
     let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(1000).query(&mut redis.client()).unwrap();
     let in_flight = tokio::spawn(get_owned(svc.url("/")));
+    // Time must pass: as above, nothing shows the GET's command in flight.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     let (status, body) = post(&svc.url("/chaos/redis-reset"), r#"{"force": false}"#).await;

@@ -3,7 +3,7 @@
 //! bands and the impact; the report is one offline HTML page that a real browser (Debian's
 //! headless chromium) renders. Screenshots are kept under `target/screenshots/`.
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::time::Duration;
 

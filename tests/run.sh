@@ -46,6 +46,7 @@ fi
 PATH="$PWD/$py/bin:$PATH" bash tests/infra/check.sh   # Dockerfile lint, Bicep syntax, azd outputs
 
 jobs="${CARGO_JOBS:-2}"
-cargo fmt --check
-cargo clippy --locked --jobs "$jobs" --all-targets -- -D warnings
-cargo test --locked --jobs "$jobs"
+# --workspace/--all: the test harness tests/common is a crate of the workspace.
+cargo fmt --all --check
+cargo clippy --locked --workspace --jobs "$jobs" --all-targets -- -D warnings
+cargo test --locked --workspace --jobs "$jobs"

@@ -7,7 +7,7 @@
 //! Row 8 (an empty `CHAOS_API_TOKEN` with `APP_HOST=0.0.0.0`) is a startup refusal, tested with
 //! the binary's other configuration errors in `tests/binary.rs`.
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,13 @@ fn fault_undos(r: &Value) -> Vec<Value> {
 async fn ledger(url: &str) -> Vec<Value> {
     let (_, s) = get(&format!("{url}/chaos/status")).await;
     s["faults"].as_array().cloned().unwrap_or_default()
+}
+
+/// Whether run `id`'s report shows a `name(args)` step still going (e.g. its rollback's sleep).
+async fn in_step(url: &str, id: &str, name: &str, args: &str) -> bool {
+    let (_, r) = get(&format!("{url}/chaos/runs/{id}")).await;
+    let steps = r["steps"].as_array().cloned().unwrap_or_default();
+    steps.iter().any(|s| s["name"] == name && s["args"] == args && s["ended_at"].is_null())
 }
 
 /// `POST /chaos/resume`, expecting the service was halted.
@@ -149,10 +156,14 @@ async fn row3_the_kill_switch_and_a_second_cancel_cut_a_sleeping_rollback_short(
 
     // The script ends by itself after 1 s; its rollback sleeps; cancel, then the kill switch.
     let id = start_run(&svc, json!({"script": "network_block();\non_rollback(|| sleep(86400));\nsleep(1);"})).await;
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || in_step(&svc.url, &id, "sleep", "86400")).await,
+        "the run did not reach its rollback's sleep"
+    );
     assert_eq!(get(&svc.url(&format!("/chaos/runs/{id}"))).await.1["status"], "running", "in its rollback");
     let cancel_url = svc.url(&format!("/chaos/runs/{id}/cancel"));
     let cancel = tokio::spawn(async move { post(&cancel_url, "").await });
+    // Time must pass: a cancel of a run already in its rollback shows nowhere until the run ends.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     let (status, body) = post(&svc.url("/chaos/stop"), "").await;
@@ -179,7 +190,10 @@ async fn row3_the_kill_switch_and_a_second_cancel_cut_a_sleeping_rollback_short(
     );
     let cancel_url = svc.url(&format!("/chaos/runs/{id}/cancel"));
     let first = tokio::spawn(async move { post(&cancel_url, "").await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || in_step(&svc.url, &id, "sleep", "86400")).await,
+        "the first cancel did not take the run to its rollback's sleep"
+    );
     assert_eq!(
         get(&svc.url(&format!("/chaos/runs/{id}"))).await.1["status"],
         "running",
@@ -340,7 +354,13 @@ async fn row7_runs_started_during_the_kill_switch_are_cancelled_and_chaos_stays_
     let first =
         start_run(&svc, json!({"script": format!("network_block();\n{LOADGEN};\nhang(0);\nsleep(600);")})).await;
     assert!(eventually(Duration::from_secs(10), || async { processes_with(&needle) == 1 }).await, "loadgen started");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&svc.url("/chaos/status")).await.1["hang"]["active"] == true
+        })
+        .await,
+        "the first run's app hang did not start"
+    );
 
     let run_url = svc.url("/chaos/run");
     let body = json!({"script": "network_block();\nload(\"low\", 600);\nsleep(600);"}).to_string();
@@ -349,11 +369,14 @@ async fn row7_runs_started_during_the_kill_switch_are_cancelled_and_chaos_stays_
         tokio::spawn(async move { post(&url, &body).await })
     };
     let mut racers: Vec<_> = (0..6).map(|_| racer()).collect();
+    // Time must pass: the racers are to be in flight, not answered, when the stop starts; nothing
+    // outside shows a request on its way in.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let stop_url = svc.url("/chaos/stop");
     let stop = tokio::spawn(async move { post(&stop_url, "").await });
     while !stop.is_finished() && racers.len() < 200 {
         racers.push(racer());
+        // Time must pass: this paces the racers over the stop's duration; there is nothing to wait for.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (status, stopped) = stop.await.unwrap();
@@ -647,7 +670,13 @@ async fn row10_kill_9_of_the_service_leaves_no_loadgen_child() {
     let mut svc = ServiceProcess::start(&runs, &[("REDIS_PORT", port.as_str())]).await;
     let id = start_run_at(&svc.url, json!({"script": format!("network_block();\n{LOADGEN};\nsleep(600);")})).await;
     assert!(eventually(Duration::from_secs(10), || async { processes_with(&needle) == 1 }).await, "loadgen started");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            ledger(&svc.url).await.iter().any(|e| e["kind"] == "loadgen" && e["state"] == "active")
+        })
+        .await,
+        "the loadgen's ledger entry is not active"
+    );
 
     svc.kill9();
     assert!(

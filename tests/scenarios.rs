@@ -1,6 +1,6 @@
 //! The scenario engine end to end: real service, real redis-server, real local fault proxy.
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,12 @@ fn faulty(ending: &str) -> String {
     format!("network_block();\nload(\"low\", 600);\n{ending}\n")
 }
 
+/// Whether both faults of [`faulty`] are on: the network block and the load.
+async fn faulty_applied(svc: &TestService) -> bool {
+    let (_, s) = get(&svc.url("/chaos/status")).await;
+    s["network"]["blocked"] == true && s["load"]["active"] == true
+}
+
 async fn assert_undone(svc: &TestService, report: &serde_json::Value) {
     let undo = report["undo"].as_array().unwrap();
     assert_eq!(undo.len(), 2, "{report:#}");
@@ -113,7 +119,7 @@ async fn every_ending_undoes_the_faults() {
 
     // Cancel.
     let id = start_run(&svc, json!({"script": faulty("sleep(600);")})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(eventually(Duration::from_secs(10), || faulty_applied(&svc)).await, "the block and the load are not on");
     let (status, r) = post(&svc.url(&format!("/chaos/runs/{id}/cancel")), "").await;
     assert_eq!(status, 200);
     assert_eq!(r["status"], "cancelled");
@@ -126,7 +132,7 @@ async fn every_ending_undoes_the_faults() {
 
     // Kill switch, which also ends faults applied outside any run.
     let id = start_run(&svc, json!({"script": faulty("loop { sleep(1); }")})).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(eventually(Duration::from_secs(10), || faulty_applied(&svc)).await, "the block and the load are not on");
     let (status, body) = post(&svc.url("/chaos/stop"), "").await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["runs_cancelled"], 1);
@@ -140,7 +146,14 @@ async fn every_ending_undoes_the_faults() {
 async fn kill_switch_works_during_an_app_hang() {
     let svc = TestService::start(free_port(), &["--redis-enabled", "false"]).await;
     let id = start_run(&svc, json!({"script": "hang(0);\nsleep(600);"})).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // /chaos/status answers during an app hang.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            get(&svc.url("/chaos/status")).await.1["hang"]["active"] == true
+        })
+        .await,
+        "the app hang did not start"
+    );
     let started = Instant::now();
     let (status, body) = post(&svc.url("/chaos/stop"), "").await;
     assert_eq!(status, 200, "{body}");
@@ -360,8 +373,16 @@ async fn events_resume_after_last_event_id_without_replaying() {
     let svc = service(&redis, &[]).await;
     let script = "log(\"one\");\nlog(\"two\");\nlog(\"three\");\nsleep(1.5);\nlog(\"four\");";
     let id = start_run(&svc, json!({"script": script})).await;
-    // Reconnect as EventSource would after having event 3 (the second log line).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Reconnect as EventSource would after having event 3 (the second log line), once event 4 (the
+    // third) is there too.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let (_, r) = get(&svc.url(&format!("/chaos/runs/{id}"))).await;
+            r["logs"].as_array().is_some_and(|l| l.len() >= 3)
+        })
+        .await,
+        "the run did not log its three lines"
+    );
     let resp =
         http().get(svc.url(&format!("/chaos/runs/{id}/events"))).header("last-event-id", "3").send().await.unwrap();
     let text = tokio::time::timeout(Duration::from_secs(10), resp.text()).await.expect("stream ends").unwrap();

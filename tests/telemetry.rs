@@ -1,9 +1,8 @@
 //! OpenTelemetry export seen from a fake OTLP/HTTP collector on loopback: the service binary runs
 //! with `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at it (JSON protocol, so the test can read it).
 
-mod common;
+use chaos_lab_testkit as common;
 
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,39 +13,22 @@ use serde_json::{Value, json};
 
 type Received = Arc<Mutex<Vec<(String, Value)>>>;
 
-/// The service process, killed when the test ends, whether it passes or panics.
-struct Service(std::process::Child);
-
-/// Starts the binary against `redis_port` with quick export intervals and `env`; returns it with
-/// its URL once it answers.
-async fn start_exporting(redis_port: u16, env: &[(&str, &str)]) -> (Service, String) {
-    let port = free_port();
-    let service = Service(
-        Command::new(env!("CARGO_BIN_EXE_chaos-lab"))
-            .env("APP_PORT", port.to_string())
-            .env("REDIS_HOST", "127.0.0.1")
-            .env("REDIS_PORT", redis_port.to_string())
-            .env("RUNS_DIR", temp_dir("otel-runs"))
-            .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-            .env("OTEL_BLRP_SCHEDULE_DELAY", "100")
-            .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
-            .envs(env.iter().copied())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let url = format!("http://127.0.0.1:{port}");
-    let up =
-        eventually(Duration::from_secs(10), || async { http().get(format!("{url}/healthz")).send().await.is_ok() });
-    assert!(up.await, "service did not start");
+/// Starts the binary against `redis_port` with quick export intervals and `env`; returns it
+/// (killed when the test ends, whether it passes or panics) with its URL once it answers.
+async fn start_exporting(redis_port: u16, env: &[(&str, &str)]) -> (ServiceProcess, String) {
+    let port = redis_port.to_string();
+    let mut all = vec![
+        ("REDIS_PORT", port.as_str()),
+        // The exporters see what the service logs at its default level, not the harness's warn.
+        ("LOG_LEVEL", "info"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "300"),
+    ];
+    all.extend_from_slice(env);
+    let service = ServiceProcess::start(&temp_dir("otel-runs"), &all).await;
+    let url = service.url.clone();
     (service, url)
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A collector that keeps every OTLP/HTTP JSON body it receives, by signal (traces, metrics, logs).

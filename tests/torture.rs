@@ -8,7 +8,7 @@
 //! `TORTURE_SEED` replays a sequence; `TORTURE_TRIALS` and `TORTURE_AZURE_TRIALS` lengthen it
 //! (bench/safety.sh runs hundreds against the release build).
 
-mod common;
+use chaos_lab_testkit as common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -205,6 +205,7 @@ async fn run_trial(
     }
     let id = started["run_id"].as_str().unwrap_or_default().to_string();
     if !trial.mode.ends_by_itself() && trial.mode != Mode::Timeout {
+        // Time must pass: the trial cuts the run at a chosen moment (what it is testing).
         tokio::time::sleep(trial.after).await;
     }
 

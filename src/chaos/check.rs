@@ -36,10 +36,7 @@ pub fn check(source: &str, scenario_file: bool) -> Vec<ScriptError> {
 }
 
 fn unknown_functions(ast: &rhai::AST) -> Vec<(String, rhai::Position)> {
-    let engine = sandbox::sandbox();
-    let mut known: std::collections::HashSet<String> =
-        engine.collect_fn_metadata(None, |f| Some(f.metadata.name.to_string()), true).into_iter().collect();
-    known.extend(script_api::API_FUNCTIONS.iter().map(|s| s.to_string()));
+    let mut known: std::collections::HashSet<String> = script_api::known_functions().iter().cloned().collect();
     known.extend(ast.iter_functions().map(|f| f.name.to_string()));
     for kw in ["Fn", "call", "curry", "type_of", "print", "debug", "is_def_var", "is_def_fn", "is_shared"] {
         known.insert(kw.into());
@@ -77,5 +74,14 @@ mod tests {
         let p = check("let = 1;", false);
         assert_eq!(p[0].line, Some(1));
         assert!(check("sleep(1);", true)[0].message.contains("no '//! description"));
+    }
+
+    #[test]
+    fn the_known_functions_are_the_registered_ones() {
+        let known = script_api::known_functions();
+        for f in ["network_block", "loadgen_wait", "on_rollback", "deploy_fault", "wait_until", "to_upper"] {
+            assert!(known.contains(f), "{f} is registered: {known:?}");
+        }
+        assert!(check("network_block();\nloadgen_stop(\"loadgen-1\");\nlet t = now();", false).is_empty());
     }
 }

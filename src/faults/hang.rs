@@ -5,6 +5,7 @@
 //! disconnects cannot leave the service hung. `stop` ends any hang at once (kill switch, shutdown).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -54,16 +55,29 @@ pub struct HangStatus {
     pub remaining_seconds: u64,
     /// True for a hang with duration 0, which only a restart (or the kill switch) ends.
     pub until_restart: bool,
+    /// Requests an app-scope hang is holding right now; they are answered when it ends.
+    pub held_requests: u64,
 }
 
 /// The one hang this process may have.
 pub struct HangController {
     state: Arc<watch::Sender<State>>,
+    /// Requests waiting in [`HangController::gate`].
+    held: AtomicU64,
 }
 
 impl Default for HangController {
     fn default() -> Self {
-        Self { state: Arc::new(watch::channel(State::default()).0) }
+        Self { state: Arc::new(watch::channel(State::default()).0), held: AtomicU64::new(0) }
+    }
+}
+
+/// Counts one request held at the gate for as long as it waits (also when the client goes away).
+struct Held<'a>(&'a AtomicU64);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -160,6 +174,8 @@ impl HangController {
         if !self.app_hang_active() {
             return;
         }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        let _held = Held(&self.held);
         let mut rx = self.state.subscribe();
         let _ = rx.wait_for(|s| !(s.active && s.scope == Some(HangScope::App))).await;
     }
@@ -179,6 +195,7 @@ impl HangController {
                 .filter(|_| s.active)
                 .map_or(0, |e| ceil_secs(e.saturating_duration_since(Instant::now()))),
             until_restart: s.active && s.ends.is_none(),
+            held_requests: self.held.load(Ordering::Relaxed),
         }
     }
 }

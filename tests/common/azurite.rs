@@ -5,13 +5,14 @@
 //!
 //! Only the blob service runs; nothing is written outside a scratch working directory.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+
+use crate::Proc;
 
 /// The emulator's one account.
 const ACCOUNT: &str = "devstoreaccount1";
@@ -26,7 +27,7 @@ pub struct Azurite {
     pub port: u16,
     /// Scratch working directory: Azurite's own files and its output (`azurite.log`) go there.
     dir: PathBuf,
-    child: Option<Child>,
+    child: Option<Proc>,
 }
 
 impl Azurite {
@@ -43,8 +44,8 @@ impl Azurite {
         assert!(self.child.is_none(), "azurite-blob already running");
         let log = std::fs::File::create(self.log_path()).unwrap();
         let bin = binary();
-        let child = Command::new(&bin)
-            .args(["--blobHost", "127.0.0.1", "--blobPort", &self.port.to_string(), "--inMemoryPersistence", "--loose"])
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &self.port.to_string(), "--inMemoryPersistence", "--loose"])
             // The SDK sends a newer x-ms-version than the Azurite npm picks for an older Node
             // (3.35 on Node 20 accepts up to 2025-11-05; 3.37 needs Node 22): skip the check
             // rather than tie the tests to one Node version.
@@ -54,19 +55,14 @@ impl Azurite {
             .current_dir(&self.dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} ({e}): Azurite (npm `azurite`, needs Node.js) is missing; \
-                     `bash tests/run.sh` installs it into target/node",
-                    bin.display()
-                )
-            });
+            .stderr(log);
+        let what =
+            format!("{} (npm `azurite`, on Node.js; `bash tests/run.sh` installs it into target/node)", bin.display());
+        let child = Proc::spawn(&what, &mut cmd);
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            if let Some(status) = self.child.as_mut().unwrap().exited() {
                 self.child = None;
                 panic!("azurite-blob exited at startup ({status}):\n{}", self.log());
             }
@@ -83,18 +79,9 @@ impl Azurite {
     /// Stops Azurite: SIGTERM, then SIGKILL after a short grace; returns once it has exited and
     /// the port refuses connections.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut child) = self.child.take() {
+            child.terminate_blocking(STOP_GRACE);
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     /// `http://127.0.0.1:<port>/devstoreaccount1/<container>` with no query string: what the
@@ -127,19 +114,10 @@ impl Azurite {
     }
 }
 
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 /// `target/node/node_modules/.bin/azurite-blob` (where `tests/run.sh` installs it), else
 /// `azurite-blob` on PATH.
 fn binary() -> PathBuf {
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/node/node_modules/.bin/azurite-blob");
+    let local = crate::repo().join("target/node/node_modules/.bin/azurite-blob");
     if local.exists() { local } else { PathBuf::from("azurite-blob") }
 }
 
@@ -157,15 +135,11 @@ fn account_sas(key: &[u8]) -> String {
 /// HMAC-SHA256 through `openssl dgst` (no HMAC crate among the dependencies).
 fn hmac_sha256(key: &[u8], data: &str) -> Vec<u8> {
     let hexkey: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let mut child = Command::new("openssl")
-        .args(["dgst", "-sha256", "-mac", "HMAC", "-macopt", &format!("hexkey:{hexkey}"), "-binary"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl not found: `bash tests/run.sh` installs it");
-    child.stdin.take().unwrap().write_all(data.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let input = crate::temp_dir("hmac").join("string-to-sign");
+    std::fs::write(&input, data).unwrap();
+    let mut cmd = Command::new("openssl");
+    cmd.args(["dgst", "-sha256", "-mac", "HMAC", "-macopt", &format!("hexkey:{hexkey}"), "-binary"]).arg(&input);
+    let out = crate::output("openssl (`bash tests/run.sh` installs it)", &mut cmd, Duration::from_secs(30));
     assert!(out.status.success(), "openssl dgst -mac HMAC: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.stdout.len(), 32, "openssl dgst -binary: want a 32-byte SHA-256 MAC");
     out.stdout

@@ -52,9 +52,8 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,6 +67,8 @@ use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::Proc;
 
 /// How long Chromium may take to print its DevTools address. It usually takes under 0.5 s, but
 /// 11 s was seen cold, and more than 20 s on 2 cores while other tests ran load generators.
@@ -107,7 +108,7 @@ pub struct Browser {
     reader: tokio::task::JoinHandle<()>,
     stderr: Arc<Mutex<Vec<String>>>,
     /// Last, so the process is killed after the connection is dropped.
-    group: Group,
+    group: Proc,
 }
 
 /// The sending half of the websocket, and the command ids. Shared with the reader task (which
@@ -141,19 +142,6 @@ enum Unevaluated {
     Threw(String),
     /// The command failed (the [`Browser::request`] error).
     Failed(String),
-}
-
-/// The browser's process group: SIGKILL to the whole group, then the leader reaped, on drop.
-struct Group {
-    child: Child,
-}
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let group = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-    }
 }
 
 impl Drop for Browser {
@@ -205,8 +193,8 @@ impl Browser {
             .unwrap_or_else(|e| panic!("cannot create the chromium profile {}: {e}", profile_dir.display()));
         let mut user_data_dir = OsString::from("--user-data-dir=");
         user_data_dir.push(profile_dir);
-        let mut child = Command::new("setpriv")
-            .args(["--pdeathsig", "KILL"])
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL"])
             .arg(&chromium)
             .args([
                 "--headless=new",
@@ -223,12 +211,9 @@ impl Browser {
             .arg("about:blank")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} through setpriv (util-linux): {e}", chromium.display()));
-        let stderr = child.stderr.take().expect("chromium's stderr is piped");
-        let group = Group { child };
+            .stderr(Stdio::piped());
+        let mut group = Proc::spawn(&format!("{} through setpriv (util-linux)", chromium.display()), &mut cmd);
+        let stderr = group.child_mut().stderr.take().expect("chromium's stderr is piped");
 
         // Read stderr up to the DevTools line, then keep draining it so the pipe never fills.
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -366,7 +351,7 @@ impl Browser {
     /// Why the connection is gone, with Chromium's last stderr lines.
     fn closed_why(&self) -> String {
         let why = self.routes.lock().unwrap().closed.clone().unwrap_or_else(|| "connection dropped".into());
-        format!("{why}; chromium (pid {}) said on stderr:\n{}", self.group.child.id(), kept(&self.stderr))
+        format!("{why}; chromium (pid {}) said on stderr:\n{}", self.group.pid(), kept(&self.stderr))
     }
 
     fn is_closed(&self) -> bool {

@@ -1,11 +1,11 @@
 //! Faults applied through a backend: the network (`network_block`, `network_latency`,
 //! `network_clear`, `network_reset_peers`) and the deployment (`deploy_fault`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use rhai::{Dynamic, Engine, ImmutableString, Map, NativeCallContext};
 
+use super::RunRef;
 use super::args::{int_arg, known_options, seconds};
 use crate::chaos::engine::{Ctx, Fallible};
 use crate::faults::deploy::{DeployBackend, DeployFaultKind};
@@ -43,9 +43,9 @@ impl Ctx {
     }
 }
 
-pub(super) fn register(e: &mut Engine, ctx: &Arc<Ctx>) {
+pub(super) fn register(e: &mut Engine, ctx: &RunRef) {
     // --- network ---
-    let block = |c: Arc<Ctx>| {
+    let block = |c: RunRef| {
         move |nc: NativeCallContext, opts: Map| -> Fallible<ImmutableString> {
             let args = format!("{opts:?}");
             c.step("network_block", args, nc.call_position(), || {
@@ -83,7 +83,7 @@ pub(super) fn register(e: &mut Engine, ctx: &Arc<Ctx>) {
     let b = block(ctx.clone());
     e.register_fn("network_block", move |nc: NativeCallContext| b(nc, Map::new()));
 
-    let latency = |c: Arc<Ctx>| {
+    let latency = |c: RunRef| {
         move |nc: NativeCallContext, ms: Dynamic, s: Dynamic| -> Fallible<ImmutableString> {
             c.step("network_latency", format!("{ms} ms, {s}"), nc.call_position(), || {
                 c.may_apply("network_latency")?;

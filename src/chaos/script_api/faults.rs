@@ -7,6 +7,7 @@ use std::time::Duration;
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, NativeCallContext};
 use serde_json::Value;
 
+use super::RunRef;
 use super::args::{int_arg, known_options};
 use crate::chaos::engine::{Ctx, Fallible};
 use crate::faults;
@@ -36,7 +37,7 @@ impl Ctx {
     }
 }
 
-pub(super) fn register(e: &mut Engine, ctx: &Arc<Ctx>) {
+pub(super) fn register(e: &mut Engine, ctx: &RunRef) {
     // --- load ---
     let c = ctx.clone();
     let load_fn = Arc::new(move |nc: NativeCallContext, level: ImmutableString, s: Dynamic| -> Fallible<()> {
@@ -94,7 +95,7 @@ pub(super) fn register(e: &mut Engine, ctx: &Arc<Ctx>) {
     );
 
     // --- hang ---
-    let hang = |c: Arc<Ctx>| {
+    let hang = |c: RunRef| {
         move |nc: NativeCallContext, s: Dynamic, scope: ImmutableString| -> Fallible<()> {
             c.step("hang", format!("{s}, {scope}"), nc.call_position(), || {
                 c.may_apply("hang")?;
@@ -206,7 +207,7 @@ pub(super) fn register(e: &mut Engine, ctx: &Arc<Ctx>) {
 /// `load_stop()`, `hang_stop()`: undoes this run's faults of `kind` (through the ledger); says
 /// `none` when there was none.
 fn stop_own(
-    ctx: &Arc<Ctx>,
+    ctx: &RunRef,
     function: &'static str,
     kind: FaultKind,
     none: &'static str,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use rhai::{Dynamic, Engine, ImmutableString, Map, NativeCallContext, Position};
 use serde_json::Value;
 
+use super::RunRef;
 use super::args::{known_options, positive, text};
 use crate::chaos::engine::{Ctx, Fallible, Loadgen};
 use crate::chaos::loadgen::Spec;
@@ -76,8 +77,8 @@ impl Ctx {
     }
 }
 
-pub(super) fn register(e: &mut Engine, ctx: &Arc<Ctx>) {
-    let loadgen = |c: Arc<Ctx>| {
+pub(super) fn register(e: &mut Engine, ctx: &RunRef) {
+    let loadgen = |c: RunRef| {
         move |nc: NativeCallContext, opts: Map| -> Fallible<Map> {
             c.step("loadgen", format!("{opts:?}"), nc.call_position(), || {
                 c.may_apply("loadgen")?;

@@ -11,7 +11,8 @@
 //! (`http`, `health`, `status`, `wait_until`), `loadgen` (load generators), and `args` (how
 //! script values become numbers, durations and parameters).
 
-use std::sync::Arc;
+use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use rhai::{Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, NativeCallContext, Position};
@@ -31,38 +32,28 @@ mod probes;
 /// Timeout of one `http()` call.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Names of every function the script API registers, for the static check (`chaos-lab check`
-/// has no run to build an engine for); [`build`] checks in debug builds that it registers
-/// exactly these.
-pub const API_FUNCTIONS: &[&str] = &[
-    "sleep",
-    "log",
-    "param",
-    "record",
-    "now",
-    "load",
-    "load_stop",
-    "hang",
-    "hang_stop",
-    "redis_reset",
-    "replicas",
-    "network_block",
-    "network_clear",
-    "network_latency",
-    "network_reset_peers",
-    "deploy_fault",
-    "http",
-    "health",
-    "status",
-    "wait_until",
-    "expect",
-    "guard",
-    "on_rollback",
-    "loadgen",
-    "loadgen_start",
-    "loadgen_wait",
-    "loadgen_stop",
-];
+/// The run a script function works for. Functions capture it when they are registered and
+/// reach the run through it when they are called; [`build`] binds it to the run. The engine
+/// [`known_functions`] builds to read the names is never bound, and never runs anything.
+#[derive(Clone, Default)]
+pub(super) struct RunRef(Arc<OnceLock<Arc<Ctx>>>);
+
+impl std::ops::Deref for RunRef {
+    type Target = Arc<Ctx>;
+    fn deref(&self) -> &Arc<Ctx> {
+        self.0.get().expect("a script function was called on an engine built without a run")
+    }
+}
+
+/// Every function a script may call: Rhai's own (those the sandbox keeps) and the script API's,
+/// read from the registrations, for the static check (`chaos-lab check`, `POST /chaos/check`).
+pub fn known_functions() -> &'static BTreeSet<String> {
+    static NAMES: OnceLock<BTreeSet<String>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let e = engine(&RunRef::default());
+        e.collect_fn_metadata(None, |f| Some(f.metadata.name.to_string()), true).into_iter().collect()
+    })
+}
 
 impl Ctx {
     /// One-shot faults (a reset) have nothing to undo, but are refused while halted or in a
@@ -78,6 +69,14 @@ impl Ctx {
 
 /// Builds the run's engine: the sandbox plus the script API bound to `ctx`.
 pub(super) fn build(ctx: &Arc<Ctx>) -> Engine {
+    let run = RunRef::default();
+    let e = engine(&run);
+    let _ = run.0.set(ctx.clone());
+    e
+}
+
+/// The sandbox with the script API registered, working for `ctx` once it is bound.
+fn engine(ctx: &RunRef) -> Engine {
     let mut e = sandbox();
     let c = ctx.clone();
     e.on_progress(move |ops| {
@@ -94,7 +93,7 @@ pub(super) fn build(ctx: &Arc<Ctx>) -> Engine {
 
     // Rhai's standard library has its own blocking `sleep(INT/FLOAT)`, found before a `Dynamic`
     // overload: register the exact types so ours (cancellable, a timeline step) wins.
-    let sleep = |c: Arc<Ctx>| {
+    let sleep = |c: RunRef| {
         move |nc: NativeCallContext, s: Dynamic| -> Fallible<()> {
             c.step("sleep", format!("{s}"), nc.call_position(), || {
                 let d = seconds("sleep(seconds)", &s)?;
@@ -109,7 +108,7 @@ pub(super) fn build(ctx: &Arc<Ctx>) -> Engine {
     e.register_fn("sleep", move |nc: NativeCallContext, s: f64| f(nc, Dynamic::from_float(s)));
     e.register_fn("sleep", sleep(ctx.clone()));
     // `log(FLOAT)` is a logarithm in Rhai's math package; ours logs every type, exact types first.
-    let log = |c: Arc<Ctx>| move |nc: NativeCallContext, msg: Dynamic| c.log(msg.to_string(), nc.call_position());
+    let log = |c: RunRef| move |nc: NativeCallContext, msg: Dynamic| c.log(msg.to_string(), nc.call_position());
     let f = log(ctx.clone());
     e.register_fn("log", move |nc: NativeCallContext, m: f64| f(nc, Dynamic::from_float(m)));
     let f = log(ctx.clone());
@@ -165,21 +164,5 @@ pub(super) fn build(ctx: &Arc<Ctx>) -> Engine {
         c.rollbacks.lock().unwrap().push(f);
         Ok(())
     });
-    // The list `chaos-lab check` knows is the list registered here: every engine built in a
-    // debug build (every test that runs a script) compares the two.
-    #[cfg(debug_assertions)]
-    {
-        let (all, sandbox) = (fn_names(&e), fn_names(&sandbox()));
-        let listed: std::collections::BTreeSet<String> = API_FUNCTIONS.iter().map(|s| s.to_string()).collect();
-        let unlisted: Vec<&String> = all.iter().filter(|n| !sandbox.contains(*n) && !listed.contains(*n)).collect();
-        let missing: Vec<&String> = listed.iter().filter(|n| !all.contains(*n)).collect();
-        assert!(unlisted.is_empty() && missing.is_empty(), "API_FUNCTIONS: add {unlisted:?}, remove {missing:?}");
-    }
     e
-}
-
-/// The names of every function `e` knows.
-#[cfg(debug_assertions)]
-fn fn_names(e: &Engine) -> std::collections::BTreeSet<String> {
-    e.collect_fn_metadata(None, |f| Some(f.metadata.name.to_string()), true).into_iter().collect()
 }

@@ -1,7 +1,6 @@
 //! Probes: `http` (this service over loopback, never a change of chaos state), `health`,
 //! `status` and `wait_until`.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -9,6 +8,7 @@ use rhai::{Dynamic, Engine, EvalAltResult, FnPtr, ImmutableString, Map, NativeCa
 use serde_json::Value;
 
 use super::HTTP_TIMEOUT;
+use super::RunRef;
 use super::args::seconds;
 use crate::chaos::engine::{Ctx, Fallible};
 
@@ -89,7 +89,7 @@ fn chaos_path_refused(method: &reqwest::Method, path: &str) -> String {
     )
 }
 
-pub(super) fn register(e: &mut Engine, ctx: &Arc<Ctx>) {
+pub(super) fn register(e: &mut Engine, ctx: &RunRef) {
     // --- probes ---
     let c = ctx.clone();
     e.register_fn(

@@ -1,12 +1,17 @@
 //! Test harness: a real `redis-server` on a free loopback port, and the real service started on
-//! `127.0.0.1:0` in-process (or as the `chaos-lab` binary when a test needs signals).
-#![allow(dead_code)]
+//! `127.0.0.1:0` in-process (or as the `chaos-lab` binary when a test needs signals). Every child
+//! process starts through [`proc`].
 
+pub mod azurite;
+pub mod browser;
 pub mod fake_azure;
+pub mod proc;
 
 use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use self::proc::{Proc, chaos_lab_bin, loadgen_bin, output, output_async};
 
 use chaos_lab::AppState;
 use chaos_lab::config::Config;
@@ -20,7 +25,7 @@ pub fn free_port() -> u16 {
 pub struct RedisServer {
     pub port: u16,
     extra: Vec<String>,
-    child: Option<Child>,
+    child: Option<Proc>,
 }
 
 impl RedisServer {
@@ -40,7 +45,7 @@ impl RedisServer {
     pub fn start_tls() -> (Self, std::path::PathBuf) {
         let dir = temp_dir("tls");
         let run = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(&dir).output().expect("openssl not found");
+            let out = output("openssl", Command::new("openssl").args(args).current_dir(&dir), Duration::from_secs(60));
             assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
         run(&[
@@ -117,13 +122,14 @@ impl RedisServer {
 
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis-server already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server not found: run the README's test command, which installs it");
+        let child = Proc::spawn(
+            "redis-server (the README's test command installs it)",
+            Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(&self.extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
@@ -132,10 +138,10 @@ impl RedisServer {
         }
     }
 
+    /// Kills the server (-9: clients see their connections reset, as a crashed Redis does).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill();
         }
     }
 
@@ -155,6 +161,13 @@ impl RedisServer {
         list.lines().filter(|l| !l.contains("cmd=client|list")).count()
     }
 
+    /// How many times the server has run `command` (lower case, e.g. "get"), from `INFO commandstats`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query(&mut self.client()).unwrap();
+        let line = info.lines().find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:")));
+        line.and_then(|l| l.strip_prefix("calls=")?.split(',').next()?.parse().ok()).unwrap_or(0)
+    }
+
     /// Waits until the server sees `n` client connections (besides the asker).
     pub fn wait_client_count(&self, n: usize, within: Duration) -> usize {
         let deadline = Instant::now() + within;
@@ -165,12 +178,6 @@ impl RedisServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -187,6 +194,7 @@ impl TestService {
     /// command-line flags (later flags win).
     pub async fn start(redis_port: u16, args: &[&str]) -> Self {
         let port = redis_port.to_string();
+        let loadgen = loadgen_bin().to_string_lossy().into_owned();
         let runs_dir = temp_dir("runs");
         let scenarios_dir = temp_dir("scenarios");
         let mut all = vec![
@@ -209,7 +217,7 @@ impl TestService {
             "--health-cache-ttl-seconds",
             "0",
             "--loadgen-bin",
-            env!("CARGO_BIN_EXE_loadgen"),
+            &loadgen,
             // An exported azd environment (AZURE_NSG_NAME, …) must not switch tests to Azure.
             "--network-fault-backend",
             "local",
@@ -257,9 +265,14 @@ pub fn temp_dir(what: &str) -> std::path::PathBuf {
     d
 }
 
+/// The repository's root (this crate is `tests/common` in it).
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the repository")
+}
+
 /// The repository's own `scenarios/` folder.
 pub fn repo_scenarios() -> String {
-    format!("{}/scenarios", env!("CARGO_MANIFEST_DIR"))
+    repo().join("scenarios").to_string_lossy().into_owned()
 }
 
 /// POSTs a JSON run request with `?wait=true` and returns the final report.
@@ -356,9 +369,6 @@ use std::sync::{Arc, Mutex};
 
 use self::fake_azure::FakeAzure;
 use serde_json::Value;
-
-/// The service binary the tests start as a child process.
-pub const BIN: &str = env!("CARGO_BIN_EXE_chaos-lab");
 
 impl TestService {
     /// The service's RUNS_DIR: run journals, `ledger.json`, loadgen reports.
@@ -610,17 +620,25 @@ pub struct ServiceProcess {
     pub runs_dir: PathBuf,
     /// Environment on top of the defaults of [`ServiceProcess::restart`], kept for restarts.
     env: Vec<(String, String)>,
-    child: Option<Child>,
+    child: Option<Proc>,
     /// The last lines of the service's stderr, for failure messages.
     stderr: Arc<Mutex<VecDeque<String>>>,
+    /// The thread that reads it.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ServiceProcess {
     /// Starts the binary with RUNS_DIR `runs_dir` and `env` (see [`ServiceProcess::restart`]).
     pub async fn start<K: AsRef<str>, V: AsRef<str>>(runs_dir: &Path, env: &[(K, V)]) -> Self {
         let env = env.iter().map(|(k, v)| (k.as_ref().to_string(), v.as_ref().to_string())).collect();
-        let mut s =
-            Self { url: String::new(), runs_dir: runs_dir.to_path_buf(), env, child: None, stderr: Arc::default() };
+        let mut s = Self {
+            url: String::new(),
+            runs_dir: runs_dir.to_path_buf(),
+            env,
+            child: None,
+            stderr: Arc::default(),
+            reader: None,
+        };
         s.restart().await;
         s
     }
@@ -629,19 +647,32 @@ impl ServiceProcess {
     /// waits until `GET /healthz` answers. Defaults, which `env` overrides: loopback, the local
     /// network backend, quick Redis timeouts, LOG_LEVEL=warn, the test build's `loadgen` and the
     /// repository's load profiles. RUNS_DIR goes in the environment, not the command line, so
-    /// [`processes_with`] of [`loadgen_needle`] never counts the service itself.
+    /// [`processes_with`] of [`loadgen_needle`] never counts the service itself. A port taken
+    /// between [`free_port`] and the service's bind (by a parallel test) is retried on another.
     pub async fn restart(&mut self) {
+        for attempt in 1..=3 {
+            match self.start_once().await {
+                Ok(()) => return,
+                Err(taken) if attempt < 3 => eprintln!("{taken}; trying another port"),
+                Err(taken) => panic!("{taken}, three times"),
+            }
+        }
+    }
+
+    /// One start on a fresh port; `Err` when the port was taken meanwhile.
+    async fn start_once(&mut self) -> Result<(), String> {
         assert!(self.child.is_none(), "the previous chaos-lab process is still running");
+        self.stderr.lock().unwrap().clear();
         let port = free_port();
-        let child = Command::new(BIN)
-            .env("APP_HOST", "127.0.0.1")
+        let mut cmd = Command::new(chaos_lab_bin());
+        cmd.env("APP_HOST", "127.0.0.1")
             .env("APP_PORT", port.to_string())
             .env("RUNS_DIR", &self.runs_dir)
             .env("SCENARIOS_DIR", temp_dir("process-scenarios"))
             .env("LOG_FORMAT", "json")
             .env("LOG_LEVEL", "warn")
-            .env("LOADGEN_BIN", env!("CARGO_BIN_EXE_loadgen"))
-            .env("LOADGEN_PROFILES_DIR", format!("{}/loadtests/profiles", env!("CARGO_MANIFEST_DIR")))
+            .env("LOADGEN_BIN", loadgen_bin())
+            .env("LOADGEN_PROFILES_DIR", repo().join("loadtests/profiles"))
             .env("NETWORK_FAULT_BACKEND", "local")
             .env("REDIS_HOST", "127.0.0.1")
             .env("REDIS_SOCKET_TIMEOUT", "1")
@@ -652,13 +683,12 @@ impl ServiceProcess {
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start the chaos-lab binary");
+            .stderr(Stdio::piped());
+        let mut child = Proc::spawn("chaos-lab", &mut cmd);
+        let pipe = child.child_mut().stderr.take().unwrap();
         self.child = Some(child);
-        let pipe = self.child.as_mut().unwrap().stderr.take().unwrap();
         let tail = self.stderr.clone();
-        std::thread::spawn(move || {
+        self.reader = Some(std::thread::spawn(move || {
             use std::io::BufRead as _;
             for line in std::io::BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
@@ -668,17 +698,26 @@ impl ServiceProcess {
                     t.pop_front();
                 }
             }
-        });
+        }));
         self.url = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let probe = http().get(self.url("/healthz")).timeout(Duration::from_secs(1)).send().await;
             if probe.is_ok_and(|r| r.status() == 200) {
-                return;
+                return Ok(());
             }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+            if let Some(status) = self.child.as_mut().unwrap().exited() {
                 self.child = None;
-                panic!("chaos-lab exited at startup ({status}):\n{}", self.stderr_tail());
+                // The last lines: the reader ends when the pipe closes with the exit.
+                if let Some(reader) = self.reader.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), tokio::task::spawn_blocking(|| reader.join()))
+                        .await;
+                }
+                let said = self.stderr_tail();
+                if said.contains("Address already in use") {
+                    return Err(format!("port {port} was taken before chaos-lab could listen"));
+                }
+                panic!("chaos-lab exited at startup ({status}):\n{said}");
             }
             assert!(
                 Instant::now() < deadline,
@@ -694,19 +733,12 @@ impl ServiceProcess {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("chaos-lab is not running").id()
+        self.child.as_ref().expect("chaos-lab is not running").pid()
     }
 
     /// Whether the process is still running (reaps it if it has exited).
     pub fn is_running(&mut self) -> bool {
-        let exited = match self.child.as_mut() {
-            Some(c) => !matches!(c.try_wait(), Ok(None)),
-            None => return false,
-        };
-        if exited {
-            self.child = None;
-        }
-        !exited
+        self.child.as_mut().is_some_and(Proc::is_running)
     }
 
     /// The last lines the service wrote to stderr.
@@ -717,27 +749,16 @@ impl ServiceProcess {
     /// Sends SIGTERM and waits up to `within` for the exit; `None` when it was still running then
     /// (it is killed, so the next restart can go ahead).
     pub async fn sigterm(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                self.kill9();
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = self.child.as_mut().expect("chaos-lab is not running");
+        let status = child.terminate(within).await;
+        self.child = None;
+        status
     }
 
     /// kill -9: nothing in the process gets to run; reaps it.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            c.kill();
         }
     }
 
@@ -752,14 +773,6 @@ impl ServiceProcess {
     }
 }
 
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-pub mod azurite;
-
 /// The service in-process on the azure backend against `fake` (see [`fake_azure::FakeAzure::service_args`]),
 /// with `extra` flags.
 pub async fn azure_service(fake: &fake_azure::FakeAzure, sub: &str, client: &str, extra: &[&str]) -> TestService {
@@ -767,5 +780,3 @@ pub async fn azure_service(fake: &fake_azure::FakeAzure, sub: &str, client: &str
     args.extend_from_slice(extra);
     TestService::start(free_port(), &args).await
 }
-
-pub mod browser;
