@@ -41,7 +41,7 @@ impl Proc {
         self.child().id()
     }
 
-    /// The child, to take its stdout or stderr pipe.
+    /// The child while it runs; panics, naming it, once it has ended.
     pub fn child(&self) -> &Child {
         self.child.as_ref().unwrap_or_else(|| panic!("{} has already ended", self.name))
     }
