@@ -80,7 +80,7 @@ async fn a_failing_run_that_blocked_writes_the_exact_rule_and_its_undo_deletes_i
     let fake = FakeAzure::shared();
     let (sub, client) = ("sub-run-block", "client-run-block");
     let svc = azure_service(fake, sub, client, &["--redis-enabled", "false"]).await;
-    assert_eq!(get(&svc.url("/chaos/status")).await.1["network"]["backend"], "azure");
+    assert_eq!(svc.status().await["network"]["backend"], "azure");
 
     let script = r#"
         let id = network_block(#{seconds: 300});
@@ -205,7 +205,7 @@ async fn cli_inject_takes_the_next_free_priority_after_a_collision_and_resets_th
         .collect();
     assert_eq!(puts, [json!(102), json!(103)]);
     assert_eq!(fake.rule_names(&nsg).len(), 3);
-    assert!(get(&svc.url("/chaos/status")).await.1["redis"]["last_reset"].is_string());
+    assert!(svc.status().await["redis"]["last_reset"].is_string());
     assert_authenticated(fake, sub, client);
 }
 

@@ -107,11 +107,6 @@ async fn service_process(redis_port: u16, runs: &std::path::Path) -> ServiceProc
     ServiceProcess::start(runs, &[("REDIS_PORT", redis_port.to_string())]).await
 }
 
-/// Whether `GET /chaos/status` of the service at `url` satisfies `f`.
-async fn status_is(url: &str, f: impl Fn(&serde_json::Value) -> bool) -> bool {
-    f(&get(&format!("{url}/chaos/status")).await.1)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_permanent_hang_and_a_load_exits_within_seconds() {
     let redis = RedisServer::start();
@@ -122,13 +117,13 @@ async fn sigterm_during_a_permanent_hang_and_a_load_exits_within_seconds() {
     assert_eq!(status, 200);
     let hang_url = format!("{url}/chaos/hang");
     let hang = tokio::spawn(async move { post(&hang_url, r#"{"duration_seconds": 0}"#).await });
-    let hung = eventually(Duration::from_secs(10), || status_is(&url, |s| s["hang"]["active"] == true));
+    let hung = eventually(Duration::from_secs(10), || async { svc.status().await["hang"]["active"] == true });
     assert!(hung.await, "the hang did not start");
     let stalled_url = format!("{url}/");
     let stalled = tokio::spawn(async move { get(&stalled_url).await });
     // The request must be accepted and held, not still in the listen backlog (shutdown would
     // refuse that one, not drain it).
-    let held = eventually(Duration::from_secs(10), || status_is(&url, |s| s["hang"]["held_requests"] == 1));
+    let held = eventually(Duration::from_secs(10), || async { svc.status().await["hang"]["held_requests"] == 1 });
     assert!(held.await, "GET / is not held by the app hang");
     assert!(!stalled.is_finished(), "GET / should be stalled by the app hang");
 
@@ -149,11 +144,11 @@ async fn sigterm_during_a_run_undoes_its_faults_and_journals_it() {
     let r = http().post(format!("{url}/chaos/run")).body(script).send().await.unwrap();
     assert_eq!(r.status(), 202);
     let id = r.json::<serde_json::Value>().await.unwrap()["run_id"].as_str().unwrap().to_string();
-    let faulted = |s: &serde_json::Value| s["network"]["blocked"] == true && s["load"]["active"] == true;
-    assert!(
-        eventually(Duration::from_secs(10), || status_is(&url, faulted)).await,
-        "the run's faults are not in force"
-    );
+    let faulted = || async {
+        let s = svc.status().await;
+        s["network"]["blocked"] == true && s["load"]["active"] == true
+    };
+    assert!(eventually(Duration::from_secs(10), faulted).await, "the run's faults are not in force");
 
     assert!(svc.sigterm(Duration::from_secs(5)).await.is_some(), "still running 5 s after SIGTERM");
     let journal: serde_json::Value =

@@ -152,7 +152,7 @@ async fn a_game_day_in_the_console() {
     shot(&tab, "console-halted").await;
     tab.eval(&click("#resume")).await;
     tab.wait_for("getComputedStyle(document.querySelector('#halted-banner')).display === 'none'", WAIT).await;
-    assert_eq!(get(&svc.url("/chaos/status")).await.1["halted"], false);
+    assert_eq!(svc.status().await["halted"], false);
 
     // History: both runs, filterable by status, each opens its run.
     tab.goto(&svc.url("/console")).await;
@@ -201,10 +201,7 @@ async fn an_app_hang_stalls_the_app_but_not_the_console_or_the_kill_switch() {
         async move { http().post(url).body(r#"{"duration_seconds": 30, "scope": "app"}"#).send().await }
     });
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            get(&svc.url("/chaos/status")).await.1["hang"]["active"] == true
-        })
-        .await,
+        eventually(Duration::from_secs(5), || async { svc.status().await["hang"]["active"] == true }).await,
         "the hang started, and /chaos/status answers during it"
     );
     let started = Instant::now();

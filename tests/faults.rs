@@ -35,30 +35,27 @@ async fn load_starts_conflicts_counts_down_and_expires() {
     let (status, _) = get(&svc.url("/health")).await;
     assert_eq!(status, 200);
     assert!(started.elapsed() < Duration::from_secs(1), "health took {:?} under load", started.elapsed());
-    let load = get(&svc.url("/chaos/status")).await.1["load"].clone();
+    let load = svc.status().await["load"].clone();
     assert_eq!(load["active"], true);
     assert_eq!(load["level"], "medium");
     let first = load["remaining_seconds"].as_u64().unwrap();
     assert!((1..=3).contains(&first), "{load}");
     assert!(
         eventually(Duration::from_secs(5), || async {
-            get(&svc.url("/chaos/status")).await.1["load"]["remaining_seconds"].as_u64().is_some_and(|s| s < first)
+            svc.status().await["load"]["remaining_seconds"].as_u64().is_some_and(|s| s < first)
         })
         .await,
         "remaining_seconds did not drop below {first}"
     );
-    let second = get(&svc.url("/chaos/status")).await.1["load"]["remaining_seconds"].as_u64().unwrap();
+    let second = svc.status().await["load"]["remaining_seconds"].as_u64().unwrap();
     assert!(second < first, "no countdown: {first} then {second}");
 
     assert!(
-        eventually(Duration::from_secs(6), || async {
-            get(&svc.url("/chaos/status")).await.1["load"]["active"] == false
-        })
-        .await,
+        eventually(Duration::from_secs(6), || async { svc.status().await["load"]["active"] == false }).await,
         "load did not expire"
     );
     // Idle, the level is "none" as in the original lab (not null).
-    assert_eq!(get(&svc.url("/chaos/status")).await.1["load"]["level"], "none");
+    assert_eq!(svc.status().await["load"]["level"], "none");
     let (status, _) = post(&svc.url("/chaos/load"), r#"{"level": "low", "duration_seconds": 1}"#).await;
     assert_eq!(status, 200, "a new load can start once the last one ended");
 }
@@ -71,7 +68,7 @@ async fn app_hang_stalls_everyone_while_the_listener_still_accepts() {
     // /chaos/* answers during an app hang (src/http/mod.rs, hang_gate).
     assert!(
         eventually(Duration::from_secs(10), || async {
-            let s = get(&svc.url("/chaos/status")).await.1;
+            let s = svc.status().await;
             s["hang"]["active"] == true && s["hang"]["scope"] == "app"
         })
         .await,
@@ -95,10 +92,7 @@ async fn request_hang_stalls_only_the_caller() {
     let svc = TestService::start(free_port(), &["--redis-enabled", "false"]).await;
     let hang = tokio::spawn(post_owned(svc.url("/chaos/hang"), r#"{"duration_seconds": 2, "scope": "request"}"#));
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            get(&svc.url("/chaos/status")).await.1["hang"]["active"] == true
-        })
-        .await,
+        eventually(Duration::from_secs(10), || async { svc.status().await["hang"]["active"] == true }).await,
         "the request hang did not start"
     );
 
@@ -129,20 +123,14 @@ async fn in_process_shutdown_ends_a_permanent_hang_and_lets_stalled_requests_fin
     let svc = TestService::start(free_port(), &["--redis-enabled", "false"]).await;
     let hang = tokio::spawn(post_owned(svc.url("/chaos/hang"), "{}"));
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            get(&svc.url("/chaos/status")).await.1["hang"]["active"] == true
-        })
-        .await,
+        eventually(Duration::from_secs(10), || async { svc.status().await["hang"]["active"] == true }).await,
         "the permanent hang did not start"
     );
     let stalled = tokio::spawn(get_owned(svc.url("/healthz")));
     // The request must be accepted and held by the hang before shutdown: a connection still in
     // the listen backlog when shutdown starts would be refused, not drained.
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            get(&svc.url("/chaos/status")).await.1["hang"]["held_requests"] == 1
-        })
-        .await,
+        eventually(Duration::from_secs(10), || async { svc.status().await["hang"]["held_requests"] == 1 }).await,
         "the GET /healthz is not held by the hang"
     );
     assert!(!stalled.is_finished());

@@ -11,12 +11,8 @@ use common::azurite::Azurite;
 use common::*;
 use serde_json::{Value, json};
 
-async fn status(r: &ServiceProcess) -> Value {
-    get(&r.url("/chaos/status")).await.1
-}
-
 async fn replicas(r: &ServiceProcess) -> Vec<String> {
-    let s = status(r).await;
+    let s = r.status().await;
     s["fleet"]["replicas"]
         .as_array()
         .into_iter()
@@ -47,8 +43,8 @@ async fn every_replica_sees_the_others_and_the_kill_switch_halts_the_whole_fleet
     let (r1, r2, r3) = (&fleet[0], &fleet[1], &fleet[2]);
 
     let all_seen = eventually(Duration::from_secs(10), || async { replicas(r1).await == ["r1", "r2", "r3"] }).await;
-    assert!(all_seen, "r1 does not list the three replicas: {}", status(r1).await["fleet"]);
-    let s = status(r1).await;
+    assert!(all_seen, "r1 does not list the three replicas: {}", r1.status().await["fleet"]);
+    let s = r1.status().await;
     assert_eq!(s["fleet"]["replica"], "r1", "{s}");
     assert!(s["fleet"]["store"].as_str().unwrap().contains("/devstoreaccount1/fleet-latch"), "{s}");
     assert!(!s["fleet"]["store"].as_str().unwrap().contains("sig="), "the SAS is a secret: {s}");
@@ -61,16 +57,16 @@ async fn every_replica_sees_the_others_and_the_kill_switch_halts_the_whole_fleet
     assert_eq!(body["fleet"]["published"], true, "{body}");
     let stopped = Instant::now();
     let cleared = eventually(Duration::from_secs(5), || async {
-        let s = status(r3).await;
+        let s = r3.status().await;
         s["halted"] == true && s["load"]["active"] == false && s["faults"].as_array().is_some_and(Vec::is_empty)
     })
     .await;
-    assert!(cleared, "r3 is not halted and clear: {}", status(r3).await);
+    assert!(cleared, "r3 is not halted and clear: {}", r3.status().await);
     eprintln!("kill switch on r2 → r3 halted and clear after {:.2} s", stopped.elapsed().as_secs_f64());
     assert!(stopped.elapsed() < Duration::from_secs(3), "the fleet's latch took {:?}", stopped.elapsed());
     // r1 polls the store on its own schedule; it follows within the same bound.
-    let r1_halted = eventually(Duration::from_secs(3), || async { status(r1).await["halted"] == true }).await;
-    assert!(r1_halted, "r1 is not halted: {}", status(r1).await);
+    let r1_halted = eventually(Duration::from_secs(3), || async { r1.status().await["halted"] == true }).await;
+    assert!(r1_halted, "r1 is not halted: {}", r1.status().await);
     let (code, body) = post(&r3.url("/chaos/run"), r#"{"script": "sleep(0.1);"}"#).await;
     assert_eq!(code, 423, "{body}");
     assert_envelope(&body, "Locked", "POST /chaos/resume");
@@ -78,8 +74,8 @@ async fn every_replica_sees_the_others_and_the_kill_switch_halts_the_whole_fleet
     // Resume on r1 releases r3 too.
     let (code, body) = post(&r1.url("/chaos/resume"), "").await;
     assert_eq!(code, 200, "{body}");
-    let released = eventually(Duration::from_secs(5), || async { status(r3).await["halted"] == false }).await;
-    assert!(released, "r3 stayed halted: {}", status(r3).await);
+    let released = eventually(Duration::from_secs(5), || async { r3.status().await["halted"] == false }).await;
+    assert!(released, "r3 stayed halted: {}", r3.status().await);
     let r = http().post(r3.url("/chaos/run?wait=true")).json(&json!({"script": "sleep(0.1);"})).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
@@ -94,8 +90,8 @@ async fn a_store_down_at_startup_leaves_the_app_serving_and_says_so() {
         [("REPLICA_NAME", "lonely".to_string()), ("CHAOS_STORE_URL", url), ("REDIS_PORT", redis.port.to_string())];
     let r = ServiceProcess::start(&temp_dir("fleet-down"), &env).await;
     assert_eq!(get(&r.url("/")).await.0, 200, "the app serves without the store");
-    let said = eventually(Duration::from_secs(15), || async { status(&r).await["fleet"]["error"].is_string() }).await;
-    let s = status(&r).await;
+    let said = eventually(Duration::from_secs(15), || async { r.status().await["fleet"]["error"].is_string() }).await;
+    let s = r.status().await;
     assert!(said, "status does not say the store is down: {s}");
     assert!(!s["fleet"]["error"].as_str().unwrap().contains("sig="), "{s}");
     let (code, body) = post(&r.url("/chaos/run"), r#"{"script": "sleep(0.1);"}"#).await;
@@ -105,11 +101,11 @@ async fn a_store_down_at_startup_leaves_the_app_serving_and_says_so() {
     // It joins once the store is back.
     azurite.restart();
     let joined = eventually(Duration::from_secs(20), || async {
-        let s = status(&r).await;
+        let s = r.status().await;
         s["fleet"]["error"].is_null() && s["fleet"]["replicas"].as_array().is_some_and(|a| a.len() == 1)
     })
     .await;
-    assert!(joined, "did not join the fleet: {}", status(&r).await);
+    assert!(joined, "did not join the fleet: {}", r.status().await);
 }
 
 /// The fault ledger replica `name` last mirrored to the store at `container_url` (the container
@@ -143,8 +139,8 @@ async fn faults_reach_the_replicas_a_run_picks_and_leave_with_the_run() {
     )
     .await;
     let started = Instant::now();
-    let reached = eventually(Duration::from_secs(5), || async { status(r3).await["load"]["active"] == true }).await;
-    assert!(reached, "the load did not reach r3: {}", status(r3).await);
+    let reached = eventually(Duration::from_secs(5), || async { r3.status().await["load"]["active"] == true }).await;
+    assert!(reached, "the load did not reach r3: {}", r3.status().await);
     eprintln!("load(#{{replicas: \"all\"}}) on r1 → active on r3 after {:.2} s", started.elapsed().as_secs_f64());
     assert!(
         started.elapsed() < Duration::from_millis(1500) + Duration::from_millis(500),
@@ -153,11 +149,11 @@ async fn faults_reach_the_replicas_a_run_picks_and_leave_with_the_run() {
     );
     // r1's status shows r3's share (from r3's heartbeat, read every 10 s).
     let counted = eventually(Duration::from_secs(15), || async {
-        let s = status(r1).await;
+        let s = r1.status().await;
         s["fleet"]["replicas"].as_array().into_iter().flatten().any(|r| r["name"] == "r3" && r["faults"] == 1)
     })
     .await;
-    assert!(counted, "r1 does not show r3's fault: {}", status(r1).await["fleet"]);
+    assert!(counted, "r1 does not show r3's fault: {}", r1.status().await["fleet"]);
     let (code, body) = post(&r1.url(&format!("/chaos/runs/{id}/cancel")), "").await;
     assert_eq!(code, 200, "{body}");
     assert!(
@@ -170,11 +166,11 @@ async fn faults_reach_the_replicas_a_run_picks_and_leave_with_the_run() {
     );
     for r in &fleet {
         let off = eventually(Duration::from_secs(5), || async {
-            let s = status(r).await;
+            let s = r.status().await;
             s["load"]["active"] == false && s["faults"].as_array().is_some_and(Vec::is_empty)
         })
         .await;
-        assert!(off, "the load stayed on: {}", status(r).await);
+        assert!(off, "the load stayed on: {}", r.status().await);
     }
 
     // An app hang on exactly two replicas.
@@ -184,7 +180,7 @@ async fn faults_reach_the_replicas_a_run_picks_and_leave_with_the_run() {
     let hung = eventually(Duration::from_secs(10), || async {
         let mut n = 0;
         for r in &fleet {
-            if status(r).await["hang"]["active"] == true {
+            if r.status().await["hang"]["active"] == true {
                 n += 1;
             }
         }
@@ -275,15 +271,15 @@ async fn a_replica_killed_mid_run_has_its_faults_undone_by_the_others() {
         json!({"script": "load(#{level: \"low\", seconds: 600, replicas: \"all\"});\nsleep(600);"}),
     )
     .await;
-    assert!(eventually(Duration::from_secs(5), || async { status(&fleet[2]).await["load"]["active"] == true }).await);
+    assert!(eventually(Duration::from_secs(5), || async { fleet[2].status().await["load"]["active"] == true }).await);
     fleet[0].kill9();
     let killed = Instant::now();
     let (r2, r3) = (&fleet[1], &fleet[2]);
     let undone = eventually(Duration::from_secs(30), || async {
-        status(r2).await["load"]["active"] == false && status(r3).await["load"]["active"] == false
+        r2.status().await["load"]["active"] == false && r3.status().await["load"]["active"] == false
     })
     .await;
-    assert!(undone, "r1's load stayed on: {} / {}", status(r2).await, status(r3).await);
+    assert!(undone, "r1's load stayed on: {} / {}", r2.status().await, r3.status().await);
     eprintln!("kill -9 of r1 → its fleet load undone on r2 and r3 after {:.1} s", killed.elapsed().as_secs_f64());
     let interrupted = eventually(Duration::from_secs(10), || async {
         get(&r3.url(&format!("/chaos/runs/{id}"))).await.1["status"] == "interrupted"
@@ -307,14 +303,14 @@ async fn the_store_going_down_mid_run_leaves_nothing_applied() {
         json!({"script": "load(#{level: \"low\", seconds: 600, replicas: \"all\"});\nsleep(600);"}),
     )
     .await;
-    assert!(eventually(Duration::from_secs(5), || async { status(&fleet[2]).await["load"]["active"] == true }).await);
+    assert!(eventually(Duration::from_secs(5), || async { fleet[2].status().await["load"]["active"] == true }).await);
     azurite.stop();
     let (code, report) = post(&r1.url(&format!("/chaos/runs/{id}/cancel")), "").await;
     assert_eq!(code, 200, "{report}");
     for r in &fleet {
-        let off = eventually(Duration::from_secs(30), || async { status(r).await["load"]["active"] == false }).await;
-        assert!(off, "a load stayed on with the store down: {}", status(r).await);
-        assert!(status(r).await["fleet"]["error"].is_string(), "{}", status(r).await);
+        let off = eventually(Duration::from_secs(30), || async { r.status().await["load"]["active"] == false }).await;
+        assert!(off, "a load stayed on with the store down: {}", r.status().await);
+        assert!(r.status().await["fleet"]["error"].is_string(), "{}", r.status().await);
     }
 }
 

@@ -21,7 +21,7 @@ async fn outage_mid_run_then_recovery_without_restarting_the_service() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["status"], "unhealthy");
     assert_eq!(body["redis"]["connected"], false);
-    assert_eq!(get(&svc.url("/chaos/status")).await.1["redis"]["connected"], false);
+    assert_eq!(svc.status().await["redis"]["connected"], false);
 
     redis.restart();
     let recovered = eventually(Duration::from_secs(10), || async {
@@ -29,7 +29,7 @@ async fn outage_mid_run_then_recovery_without_restarting_the_service() {
     })
     .await;
     assert!(recovered, "service did not recover after Redis came back");
-    assert_eq!(get(&svc.url("/chaos/status")).await.1["redis"]["connected"], true);
+    assert_eq!(svc.status().await["redis"]["connected"], true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +116,7 @@ async fn reset_closes_every_connection_and_the_next_request_reconnects() {
     for r in reqs {
         assert_eq!(r.await.unwrap().0, 200);
     }
-    let open = get(&svc.url("/chaos/status")).await.1["redis"]["connection_count"].as_u64().unwrap() as usize;
+    let open = svc.status().await["redis"]["connection_count"].as_u64().unwrap() as usize;
     assert!(open >= 2, "expected several pooled connections, got {open}");
     assert_eq!(redis.client_count(), open, "status connection_count disagrees with CLIENT LIST");
 
@@ -125,7 +125,7 @@ async fn reset_closes_every_connection_and_the_next_request_reconnects() {
     assert_eq!(body["status"], "redis_connections_reset");
     assert_eq!(body["connections_closed"].as_u64().unwrap() as usize, open);
     assert_eq!(redis.wait_client_count(0, Duration::from_secs(2)), 0, "Redis still sees our connections");
-    let status = get(&svc.url("/chaos/status")).await.1;
+    let status = svc.status().await;
     assert_eq!(status["redis"]["connection_count"], 0);
     assert!(status["redis"]["last_reset"].as_str().is_some());
 
@@ -192,7 +192,7 @@ async fn tls_with_a_private_ca_and_the_local_proxy_in_between() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(get(&svc.url("/health")).await.0, 200);
     // The TLS connection runs through the local fault proxy (TLS still verifies "localhost").
-    assert_eq!(get(&svc.url("/chaos/status")).await.1["network"]["proxy"]["connections"], 1);
+    assert_eq!(svc.status().await["network"]["proxy"]["connections"], 1);
 
     // Without the private CA the certificate is not trusted.
     let untrusted = TestService::start(redis.port, &[&tls[..], &["--redis-max-retries", "0"]].concat()).await;

@@ -182,12 +182,7 @@ async fn row3_the_kill_switch_and_a_second_cancel_cut_a_sleeping_rollback_short(
 
     // A second cancel cuts the rollback short.
     let id = start_run(&svc, json!({"script": "network_block();\non_rollback(|| sleep(86400));\nsleep(600);"})).await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            get(&svc.url("/chaos/status")).await.1["network"]["blocked"] == true
-        })
-        .await
-    );
+    assert!(eventually(Duration::from_secs(5), || async { svc.status().await["network"]["blocked"] == true }).await);
     let cancel_url = svc.url(&format!("/chaos/runs/{id}/cancel"));
     let first = tokio::spawn(async move { post(&cancel_url, "").await });
     assert!(
@@ -218,12 +213,7 @@ async fn row4_a_request_hang_is_undone_when_its_run_is_cancelled() {
     let redis = RedisServer::start();
     let svc = TestService::start(redis.port, &[]).await;
     let id = start_run(&svc, json!({"script": "hang(0, \"request\");\nsleep(600);"})).await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            get(&svc.url("/chaos/status")).await.1["hang"]["active"] == true
-        })
-        .await
-    );
+    assert!(eventually(Duration::from_secs(5), || async { svc.status().await["hang"]["active"] == true }).await);
     let (status, listed) = get(&svc.url("/chaos/faults")).await;
     assert_eq!(status, 200, "{listed}");
     let entries = listed["faults"].as_array().cloned().unwrap_or_default();
@@ -355,10 +345,7 @@ async fn row7_runs_started_during_the_kill_switch_are_cancelled_and_chaos_stays_
         start_run(&svc, json!({"script": format!("network_block();\n{LOADGEN};\nhang(0);\nsleep(600);")})).await;
     assert!(eventually(Duration::from_secs(10), || async { processes_with(&needle) == 1 }).await, "loadgen started");
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            get(&svc.url("/chaos/status")).await.1["hang"]["active"] == true
-        })
-        .await,
+        eventually(Duration::from_secs(10), || async { svc.status().await["hang"]["active"] == true }).await,
         "the first run's app hang did not start"
     );
 

@@ -27,12 +27,7 @@ async fn local_block_alone_changes_nothing_until_reset_then_clear_recovers() {
         sleep(60);
     "#;
     let id = start_run(&svc, json!({"script": script})).await;
-    assert!(
-        eventually(Duration::from_secs(5), || async {
-            get(&svc.url("/chaos/status")).await.1["network"]["blocked"] == true
-        })
-        .await
-    );
+    assert!(eventually(Duration::from_secs(5), || async { svc.status().await["network"]["blocked"] == true }).await);
     assert_eq!(get(&svc.url("/")).await.0, 200, "established connections must keep working under a block");
 
     let (status, body) = post(&svc.url("/chaos/redis-reset"), "").await;
@@ -148,10 +143,7 @@ async fn kill_switch_works_during_an_app_hang() {
     let id = start_run(&svc, json!({"script": "hang(0);\nsleep(600);"})).await;
     // /chaos/status answers during an app hang.
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            get(&svc.url("/chaos/status")).await.1["hang"]["active"] == true
-        })
-        .await,
+        eventually(Duration::from_secs(10), || async { svc.status().await["hang"]["active"] == true }).await,
         "the app hang did not start"
     );
     let started = Instant::now();

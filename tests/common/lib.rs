@@ -378,6 +378,11 @@ impl TestService {
 
     /// Where to look for what this service's faults may have left (`ping_redis`: a Redis runs
     /// behind the local proxy, so a PING through it tells blocked and slowed from clean).
+    /// `GET /chaos/status` (`Null` when it does not answer JSON).
+    pub async fn status(&self) -> Value {
+        get(&self.url("/chaos/status")).await.1
+    }
+
     pub fn world(&self, ping_redis: bool) -> World {
         World::new(&self.url, self.runs_dir(), ping_redis)
     }
@@ -768,6 +773,11 @@ impl ServiceProcess {
     }
 
     /// Where to look for what this service's faults may have left (see [`TestService::world`]).
+    /// `GET /chaos/status` (`Null` when it does not answer JSON).
+    pub async fn status(&self) -> Value {
+        get(&self.url("/chaos/status")).await.1
+    }
+
     pub fn world(&self, ping_redis: bool) -> World {
         World::new(&self.url, self.runs_dir.clone(), ping_redis)
     }
